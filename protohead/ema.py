@@ -1,0 +1,171 @@
+"""Exponential-moving-average teacher with a fused parameter update."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["EMATeacher", "MomentumSchedule", "cosine_momentum_schedule"]
+
+MomentumSchedule = Callable[[int], float]
+"""Maps the number of updates done so far to the momentum of the next update."""
+
+
+def _check_momentum(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return float(value)
+
+
+def cosine_momentum_schedule(
+    base: float = 0.996, final: float = 1.0, total_steps: int = 1
+) -> MomentumSchedule:
+    """Cosine ramp of the EMA momentum from ``base`` to ``final`` over ``total_steps``.
+
+    The teacher then follows the student closely early on and freezes towards the end (the
+    schedule popularised by BYOL/DINO). After ``total_steps`` the momentum stays at ``final``.
+
+    Args:
+        base: Momentum at step 0, in ``[0, 1]``.
+        final: Momentum at ``total_steps``, in ``[0, 1]``.
+        total_steps: Length of the ramp, >= 1.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example:
+        >>> schedule = cosine_momentum_schedule(0.99, 1.0, total_steps=100)
+        >>> schedule(0), schedule(100), round(schedule(50), 4)
+        (0.99, 1.0, 0.995)
+    """
+    base = _check_momentum("base", base)
+    final = _check_momentum("final", final)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+
+    def schedule(step: int) -> float:
+        progress = min(max(step, 0), total_steps) / total_steps
+        return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+    return schedule
+
+
+class EMATeacher(nn.Module):
+    """A frozen copy of a student whose parameters track the student's by EMA.
+
+    ``teacher = momentum * teacher + (1 - momentum) * student``, applied to parameters with
+    one fused ``torch._foreach_lerp_`` call per update. In t-ReX (Sariyildiz et al., ICLR
+    2023) the teacher (backbone + projector, momentum 0.999) encodes the global crop and
+    writes its features into the OCM memory.
+
+    Buffers (e.g. BatchNorm statistics) are not averaged: by default the teacher keeps its
+    own, updated by its own forward passes in train mode, as in the paper. Set
+    ``copy_buffers=True`` to copy the student's buffers at every update instead.
+
+    The student passed in is deep-copied, never modified. The number of updates done is
+    saved in the ``state_dict`` (as extra state) so a momentum schedule resumes exactly.
+
+    Args:
+        student: Module to copy; later :meth:`update` calls must pass a module with the same
+            parameter structure (typically the same object).
+        momentum: Constant momentum in ``[0, 1]``; ``0`` copies the student, ``1`` freezes
+            the teacher. Ignored when ``momentum_schedule`` is given.
+        momentum_schedule: Optional hook ``(num_updates) -> momentum``, e.g.
+            :func:`cosine_momentum_schedule`.
+        copy_buffers: Copy the student's buffers at each update.
+
+    Raises:
+        TypeError: If ``student`` is not an ``nn.Module``.
+        ValueError: If ``momentum`` is outside ``[0, 1]``, or the schedule returns such a value.
+
+    Example:
+        >>> student = nn.Linear(3, 2)
+        >>> teacher = EMATeacher(student, momentum=0.5)
+        >>> with torch.no_grad():
+        ...     _ = student.weight.add_(1.0)
+        >>> teacher.update(student)
+        >>> torch.allclose(teacher.module.weight, student.weight - 0.5)
+        True
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        momentum: float = 0.999,
+        momentum_schedule: MomentumSchedule | None = None,
+        copy_buffers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
+        self.momentum = _check_momentum("momentum", momentum)
+        self.momentum_schedule = momentum_schedule
+        self.copy_buffers = bool(copy_buffers)
+        self.num_updates = 0
+        self.module = copy.deepcopy(student)
+        self.module.requires_grad_(False)
+
+    def current_momentum(self) -> float:
+        """Momentum that the next :meth:`update` will use."""
+        if self.momentum_schedule is None:
+            return self.momentum
+        return _check_momentum("momentum_schedule(step)", self.momentum_schedule(self.num_updates))
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        """Move the teacher's parameters towards ``student``'s.
+
+        Raises:
+            ValueError: If ``student``'s parameters do not match the teacher's in number,
+                shape or dtype (the teacher is left untouched).
+        """
+        momentum = self.current_momentum()
+        teacher_params: list[torch.Tensor] = list(self.module.parameters())
+        student_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
+        _check_same_structure("parameters", teacher_params, student_params)
+        if momentum < 1.0:
+            torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+        if self.copy_buffers:
+            teacher_bufs: list[torch.Tensor] = list(self.module.buffers())
+            student_bufs: list[torch.Tensor] = list(student.buffers())
+            _check_same_structure("buffers", teacher_bufs, student_bufs)
+            torch._foreach_copy_(teacher_bufs, student_bufs)
+        self.num_updates += 1
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the teacher module (callers wrap this in ``torch.no_grad()``)."""
+        return self.module(*args, **kwargs)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"num_updates": self.num_updates}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "num_updates" not in state:
+            raise ValueError(f"EMATeacher extra state must hold 'num_updates', got {state!r}")
+        self.num_updates = int(state["num_updates"])
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}, num_updates={self.num_updates}"
+
+
+def _check_same_structure(
+    kind: str, teacher: list[torch.Tensor], student: list[torch.Tensor]
+) -> None:
+    if len(teacher) != len(student):
+        raise ValueError(
+            f"student must have the teacher's {kind}: expected {len(teacher)} tensors, "
+            f"got {len(student)}"
+        )
+    for i, (t, s) in enumerate(zip(teacher, student, strict=True)):
+        if t.shape != s.shape or t.dtype != s.dtype:
+            raise ValueError(
+                f"student {kind}[{i}] must have shape {tuple(t.shape)} and dtype {t.dtype}, "
+                f"got {tuple(s.shape)} and {s.dtype}"
+            )

@@ -1,0 +1,289 @@
+"""FIFO memory of (feature, label) pairs whose class means are t-ReX's OCM prototypes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from protohead.distributed import all_gather_variable
+
+__all__ = ["PrototypeMemoryBank"]
+
+MemoryInit = Literal["random", "empty"]
+OnInvalid = Literal["auto", "raise", "skip"]
+_INITS = ("random", "empty")
+_ON_INVALID = ("auto", "raise", "skip")
+
+
+class PrototypeMemoryBank(nn.Module):
+    """Ring buffer of features and labels whose L2-normalised class means act as class weights.
+
+    This is the online class means (OCM) component of t-ReX (Sariyildiz et al., ICLR 2023,
+    Eq. 2): an EMA teacher writes its (un-normalised) projector outputs into a FIFO memory,
+    and the classifier's weight for class ``c`` is the normalised mean of the stored features
+    labelled ``c``.
+
+    Running per-class sums are kept in float64 next to the ring, so :meth:`update` and
+    :meth:`prototypes` cost ``O(batch * dim + num_classes * dim)`` whatever ``size`` is. The
+    sums are derived state: they are not saved in the ``state_dict`` and are recomputed
+    exactly from the ring after loading (or on :meth:`resync`).
+
+    **Initial state.** ``init="random"`` (the default) fills the ring with standard-normal
+    features and uniformly random labels, as the paper's reference implementation does: every
+    class then has a (random) prototype from the first step, so all classes receive gradient
+    at once, and the random entries are flushed out after ``size`` rows of real features.
+    ``init="empty"`` starts with no entries; a class without entries has a zero prototype
+    (logit 0) until the teacher writes one, which suits short runs or memories much smaller
+    than the number of classes.
+
+    **Invalid updates.** Labels outside ``[0, num_classes)`` or non-finite features are
+    checked on the (gathered) batch before anything is written. With ``on_invalid="raise"``
+    a ``ValueError`` is raised and the memory is untouched. Raising needs the check's result
+    on the host, which on an accelerator would stall the step, so ``on_invalid="skip"`` gates
+    the write on the device instead: an invalid batch leaves the memory untouched and
+    increments :attr:`num_skipped_updates`. ``"auto"`` (default) raises for CPU tensors and
+    skips on accelerators.
+
+    **Distributed.** When ``torch.distributed`` is initialised, :meth:`update` gathers the
+    features and labels of all ranks (which may hold different batch sizes) in rank order
+    before enqueueing them, so every rank holds the same memory.
+
+    Buffers in the ``state_dict``: ``features`` ``(size, dim)`` float32, ``labels``
+    ``(size,)`` int64 (``-1`` marks an empty slot), ``ptr`` (next write slot) and
+    ``num_skipped_updates``.
+
+    Args:
+        dim: Feature dimension, >= 1.
+        size: Number of (feature, label) slots, >= 1. The paper uses 8192.
+        num_classes: Number of classes, >= 1.
+        init: ``"random"`` or ``"empty"``, see above.
+        on_invalid: ``"auto"``, ``"raise"`` or ``"skip"``, see above.
+        generator: Optional generator for the random initial state.
+
+    Raises:
+        TypeError: If a size is not an int.
+        ValueError: If a size is < 1 or ``init``/``on_invalid`` is unknown.
+
+    Example:
+        >>> bank = PrototypeMemoryBank(dim=4, size=6, num_classes=3, init="empty")
+        >>> bank.update(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]), torch.tensor([0, 2]))
+        >>> bank.prototypes()
+        tensor([[1., 0., 0., 0.],
+                [0., 0., 0., 0.],
+                [0., 1., 0., 0.]])
+        >>> bank.class_counts.tolist()
+        [1, 0, 1]
+    """
+
+    features: Tensor
+    labels: Tensor
+    ptr: Tensor
+    num_skipped_updates: Tensor
+    _class_sums: Tensor
+    _class_counts: Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        size: int,
+        num_classes: int,
+        init: MemoryInit = "random",
+        on_invalid: OnInvalid = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("size", size), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if on_invalid not in _ON_INVALID:
+            raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
+        self.dim = dim
+        self.size = size
+        self.num_classes = num_classes
+        self.init = init
+        self.on_invalid = on_invalid
+
+        self.register_buffer("features", torch.zeros(size, dim), persistent=True)
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long), persistent=True)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=True)
+        self.register_buffer(
+            "num_skipped_updates", torch.zeros((), dtype=torch.long), persistent=True
+        )
+        # One extra row collects empty slots (label -1), so updates need no masking.
+        self.register_buffer(
+            "_class_sums", torch.zeros(num_classes + 1, dim, dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "_class_counts", torch.zeros(num_classes + 1, dtype=torch.long), persistent=False
+        )
+        self.register_load_state_dict_post_hook(_resync_after_load)
+        self.reset(generator=generator)
+
+    @torch.no_grad()
+    def reset(self, generator: torch.Generator | None = None) -> None:
+        """Return to the initial state chosen by ``init``."""
+        self.ptr.zero_()
+        self.num_skipped_updates.zero_()
+        if self.init == "random":
+            device = self.features.device
+            feats = torch.randn(self.size, self.dim, generator=generator)
+            labels = torch.randint(0, self.num_classes, (self.size,), generator=generator)
+            self.features.copy_(feats.to(device))
+            self.labels.copy_(labels.to(device))
+        else:
+            self.features.zero_()
+            self.labels.fill_(-1)
+        self.resync()
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Recompute the running class sums and counts exactly from the ring."""
+        buckets = self._buckets(self.labels)
+        self._class_sums.zero_().index_add_(0, buckets, self.features.double())
+        self._class_counts.zero_().index_add_(0, buckets, torch.ones_like(buckets))
+
+    def _buckets(self, labels: Tensor) -> Tensor:
+        return torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+
+    @property
+    def class_counts(self) -> Tensor:
+        """Number of stored entries per class, ``(num_classes,)`` int64."""
+        return self._class_counts[: self.num_classes]
+
+    @property
+    def num_filled(self) -> Tensor:
+        """Number of non-empty slots, a 0-d int64 tensor (no host sync)."""
+        return self.class_counts.sum()
+
+    @torch.no_grad()
+    def prototypes(self) -> Tensor:
+        """L2-normalised class means; a class without entries gets a zero row.
+
+        Shapes: ``-> (num_classes, dim)`` float32.
+        """
+        sums = self._class_sums[: self.num_classes]
+        # The mean and the sum point the same way, so normalising the sum skips a division.
+        protos = F.normalize(sums, dim=1)
+        present = (self.class_counts > 0).unsqueeze(1)
+        return torch.where(present, protos, torch.zeros_like(protos)).float()
+
+    @torch.no_grad()
+    def entries(self) -> tuple[Tensor, Tensor]:
+        """Stored pairs from oldest to newest, empty slots excluded.
+
+        Shapes: ``-> (n, dim), (n,)``. Reads the fill state, so it syncs with the device;
+        meant for inspection and tests, not for the training step.
+        """
+        order = (torch.arange(self.size, device=self.ptr.device) + self.ptr) % self.size
+        feats, labels = self.features[order], self.labels[order]
+        keep = labels >= 0
+        return feats[keep], labels[keep]
+
+    def _validate_local(self, features: Tensor, labels: Tensor) -> None:
+        if not isinstance(features, Tensor):
+            raise TypeError(f"features must be a Tensor, got {type(features).__name__}")
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(
+                f"features must have shape (b, {self.dim}), got {tuple(features.shape)}"
+            )
+        if not features.is_floating_point():
+            raise TypeError(f"features must be floating point, got {features.dtype}")
+        if labels.ndim != 1:
+            raise ValueError(f"labels must have shape (b,), got {tuple(labels.shape)}")
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(
+                "features and labels must have the same batch size, got "
+                f"{features.shape[0]} and {labels.shape[0]}"
+            )
+
+    def _raise_invalid(self, features: Tensor, labels: Tensor) -> None:
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got values "
+                f"{labels[bad].unique()[:8].tolist()}; the memory was not modified"
+            )
+        raise ValueError("features must be finite, got NaN or inf; the memory was not modified")
+
+    @torch.no_grad()
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Enqueue ``features`` with their ``labels``, overwriting the oldest slots.
+
+        Runs without grad. Features are stored as float32 whatever their dtype. If one
+        update (after the distributed gather) holds more rows than ``size``, only the newest
+        ``size`` rows are kept.
+
+        Shapes: ``features (b, dim)``, ``labels (b,)``; ``b`` may differ across ranks.
+
+        Raises:
+            TypeError: Wrong tensor types or dtypes.
+            ValueError: Wrong shapes; with ``on_invalid`` resolving to ``"raise"`` also
+                labels outside ``[0, num_classes)`` or non-finite features.
+        """
+        self._validate_local(features, labels)
+        device = self.features.device
+        features = all_gather_variable(features.to(device=device, dtype=torch.float32))
+        labels = all_gather_variable(labels.to(device=device, dtype=torch.long))
+        rows = features.shape[0]
+        if rows == 0:
+            return
+        if rows > self.size:
+            features, labels = features[-self.size :], labels[-self.size :]
+            rows = self.size
+
+        valid = (
+            torch.isfinite(features).all() & (labels >= 0).all() & (labels < self.num_classes).all()
+        )
+        mode = self.on_invalid
+        if mode == "auto":
+            mode = "raise" if device.type == "cpu" else "skip"
+
+        slots = (self.ptr + torch.arange(rows, device=device)) % self.size
+        old_feats = self.features[slots].double()
+        old_buckets = self._buckets(self.labels[slots])
+        new_buckets = labels
+        if mode == "raise":
+            if not bool(valid):
+                self._raise_invalid(features, labels)
+            new_feats = features.double()
+            weight = torch.ones((), dtype=torch.long, device=device)
+        else:
+            # Gate every write on `valid` with device-side selects, so an invalid batch is a
+            # bit-exact no-op without reading `valid` on the host.
+            weight = valid.long()
+            new_feats = torch.where(valid, features, 0.0).double()
+            new_buckets = torch.where(valid, labels, torch.zeros_like(labels))
+            features = torch.where(valid, features, self.features[slots])
+            labels = torch.where(valid, labels, self.labels[slots])
+            self.num_skipped_updates.add_(1 - weight)
+
+        self._class_sums.index_add_(0, old_buckets, old_feats * (-weight))
+        self._class_sums.index_add_(0, new_buckets, new_feats * weight)
+        ones = weight.expand(rows)
+        self._class_counts.index_add_(0, old_buckets, -ones)
+        self._class_counts.index_add_(0, new_buckets, ones)
+        self.features.index_copy_(0, slots, features)
+        self.labels.index_copy_(0, slots, labels)
+        self.ptr.copy_((self.ptr + rows * weight) % self.size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, size={self.size}, num_classes={self.num_classes}, "
+            f"init={self.init!r}, on_invalid={self.on_invalid!r}"
+        )
+
+
+def _resync_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    if isinstance(module, PrototypeMemoryBank):
+        module.resync()

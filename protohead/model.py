@@ -1,0 +1,294 @@
+"""TReX: backbone + expendable projector + cosine classifier over online class means."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import Tensor, nn
+
+from protohead.backbone import BackboneAdapter
+from protohead.classifier import PrototypeClassifier
+from protohead.ema import EMATeacher, MomentumSchedule
+from protohead.encoder import MultiCropEncoder, group_by_resolution
+from protohead.memory import MemoryInit, OnInvalid, PrototypeMemoryBank
+from protohead.presets import get_preset
+from protohead.projector import Projector
+
+__all__ = ["TReX", "multicrop_cross_entropy"]
+
+
+def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy over all crops, every crop carrying its image's label.
+
+    Shapes: ``logits (n b, k)`` in crop-major order, ``labels (b,) -> ()``.
+
+    Args:
+        logits: Logits of ``n`` crops of ``b`` images, all images of crop 0 first.
+        labels: Integer class labels of the ``b`` images.
+        label_smoothing: Passed to :func:`torch.nn.functional.cross_entropy`.
+
+    Raises:
+        ValueError: If the shapes do not fit ``(n b, k)`` and ``(b,)``.
+
+    Example:
+        >>> logits = torch.zeros(6, 4)  # 3 crops of 2 images, 4 classes
+        >>> round(multicrop_cross_entropy(logits, torch.tensor([0, 3])).item(), 4)
+        1.3863
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (n b, k), got {tuple(logits.shape)}")
+    if labels.ndim != 1 or labels.shape[0] == 0 or logits.shape[0] % labels.shape[0] != 0:
+        raise ValueError(
+            f"labels must have shape (b,) with b dividing logits.shape[0]={logits.shape[0]}, "
+            f"got {tuple(labels.shape)}"
+        )
+    num_crops = logits.shape[0] // labels.shape[0]
+    targets = repeat(labels, "b -> (n b)", n=num_crops)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+class TReX(nn.Module):
+    """The t-ReX model of Sariyildiz et al., "No Reason for No Supervision" (ICLR 2023).
+
+    ``student = backbone -> projector`` encodes every crop (one backbone pass per resolution,
+    see :class:`MultiCropEncoder`); a :class:`PrototypeClassifier` turns the projected
+    features into cosine-softmax logits. With ``memory_size > 0`` (OCM, the paper's
+    default), the class weights are the normalised class means of a
+    :class:`PrototypeMemoryBank` that an :class:`EMATeacher` copy of the student fills with
+    its features of the global crops. In one training ``forward(crops, labels)``:
+
+    1. the prototypes are read from the memory (before this step's features are enqueued);
+    2. the student encodes all crops and the logits are computed;
+    3. the teacher takes an EMA step towards the student, encodes the global crops without
+       grad, and its raw projector outputs are enqueued with their labels (gathered across
+       ranks when distributed).
+
+    With ``memory_size == 0`` the class weights are learned ("plain" t-ReX), and with
+    ``temperature=None`` the classifier is a plain linear layer. ``projector_hidden_layers=None``
+    removes the projector; together with ``temperature=None`` and ``memory_size=0`` this is
+    plain supervised training (the ``baseline`` preset).
+
+    Shapes: ``forward([(b, c, h_i, w_i)] * n, (b,)) -> (n b, num_classes)`` crop-major;
+    ``forward((b, c, h, w)) -> (b, num_classes)``.
+
+    Args:
+        backbone: A torchvision/timm model name (``"resnet50"``, ``"timm:NAME"``), a
+            :class:`~protohead.BackboneAdapter`, a torchvision/timm classification model
+            (wrapped in a :class:`~protohead.BackboneAdapter`, sharing its parameters), or any
+            module mapping images to ``(b, feature_dim)`` features when ``feature_dim`` is given.
+        num_classes: Number of training classes, >= 1.
+        feature_dim: Backbone feature dimension; inferred for adapters and names.
+        projector_hidden_layers: Projector depth (3: t-ReX, 1: t-ReX*), or ``None`` for none.
+        projector_hidden_dim: Projector width.
+        projector_out_dim: Projector bottleneck dimension.
+        projector_input_l2_norm: L2-normalise the projector input.
+        temperature: Cosine temperature > 0, or ``None`` for a linear classifier.
+        memory_size: OCM memory slots (paper: 8192); ``0`` learns the class weights.
+        ema_momentum: Momentum of the teacher (paper: 0.999).
+        num_global_crops: How many leading crops are global (the teacher encodes these).
+        memory_init: Initial memory state, see :class:`PrototypeMemoryBank`.
+        momentum_schedule: Optional teacher momentum schedule, see :class:`EMATeacher`.
+        on_invalid: Memory policy for invalid updates, see :class:`PrototypeMemoryBank`.
+        small_input_stem: With a backbone name, use a small-image stem (28–32 px inputs).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If an argument is out of range or inconsistent.
+
+    Example:
+        >>> model = TReX("resnet18", num_classes=10, projector_hidden_dim=64, memory_size=32)
+        >>> crops = [torch.randn(4, 3, 64, 64)] + [torch.randn(4, 3, 32, 32)] * 2
+        >>> labels = torch.randint(0, 10, (4,))
+        >>> logits = model(crops, labels)
+        >>> logits.shape
+        torch.Size([12, 10])
+        >>> model.loss(logits, labels).backward()
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | str,
+        num_classes: int,
+        feature_dim: int | None = None,
+        *,
+        projector_hidden_layers: int | None = 3,
+        projector_hidden_dim: int = 2048,
+        projector_out_dim: int = 256,
+        projector_input_l2_norm: bool = True,
+        temperature: float | None = 0.1,
+        memory_size: int = 8192,
+        ema_momentum: float = 0.999,
+        num_global_crops: int = 1,
+        memory_init: MemoryInit = "random",
+        momentum_schedule: MomentumSchedule | None = None,
+        on_invalid: OnInvalid = "auto",
+        small_input_stem: bool = False,
+    ) -> None:
+        super().__init__()
+        backbone, feature_dim = _resolve_backbone(backbone, feature_dim, small_input_stem)
+        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
+            raise ValueError(f"memory_size must be an int >= 0, got {memory_size!r}")
+        if isinstance(num_global_crops, bool) or not isinstance(num_global_crops, int):
+            raise TypeError(f"num_global_crops must be an int, got {num_global_crops!r}")
+        if num_global_crops < 1:
+            raise ValueError(f"num_global_crops must be >= 1, got {num_global_crops}")
+
+        projector: Projector | None = None
+        out_dim = feature_dim
+        if projector_hidden_layers is not None:
+            projector = Projector(
+                feature_dim,
+                out_dim=projector_out_dim,
+                hidden_dim=projector_hidden_dim,
+                num_hidden_layers=projector_hidden_layers,
+                input_l2_norm=projector_input_l2_norm,
+            )
+            out_dim = projector_out_dim
+
+        memory = None
+        if memory_size > 0:
+            memory = PrototypeMemoryBank(
+                out_dim, memory_size, num_classes, init=memory_init, on_invalid=on_invalid
+            )
+        self.student = MultiCropEncoder(backbone, projector)
+        self.classifier = PrototypeClassifier(out_dim, num_classes, temperature, memory)
+        self.teacher: EMATeacher | None = None
+        if memory is not None:
+            self.teacher = EMATeacher(
+                self.student, momentum=ema_momentum, momentum_schedule=momentum_schedule
+            )
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.num_global_crops = num_global_crops
+
+    @classmethod
+    def from_preset(
+        cls, name: str, backbone: nn.Module | str, num_classes: int, **overrides: Any
+    ) -> TReX:
+        """Build a model from a named preset (see :func:`~protohead.get_preset`).
+
+        ``overrides`` may hold any :class:`TReX` keyword argument and take precedence.
+
+        Example:
+            >>> model = TReX.from_preset("trex-star", "resnet18", num_classes=10, memory_size=64)
+            >>> len([m for m in model.projector.layers if isinstance(m, nn.Linear)])
+            2
+        """
+        return cls(backbone, num_classes, **{**get_preset(name).model_kwargs(), **overrides})
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The student's backbone (kept after training)."""
+        return self.student.backbone
+
+    @property
+    def projector(self) -> nn.Module:
+        """The student's projector (discarded after training); ``nn.Identity`` if none."""
+        return self.student.head
+
+    @property
+    def memory(self) -> PrototypeMemoryBank | None:
+        """The OCM memory, or ``None`` when class weights are learned."""
+        return self.classifier.memory
+
+    def forward(self, crops: Tensor | Sequence[Tensor], labels: Tensor | None = None) -> Tensor:
+        """Logits for every crop; in training mode with labels, also feed the memory.
+
+        Args:
+            crops: One ``(b, c, h, w)`` tensor, or a list of crops with the global crops first.
+            labels: ``(b,)`` integer labels. Required to update the memory in training mode.
+
+        Returns:
+            ``(n b, num_classes)`` logits in crop-major order.
+
+        Raises:
+            ValueError: If ``labels`` does not have shape ``(b,)`` or there are fewer crops
+                than ``num_global_crops`` when the memory is updated.
+        """
+        crop_list = [crops] if isinstance(crops, Tensor) else list(crops)
+        group_by_resolution(crop_list)  # validates the crop list before any work
+        batch = crop_list[0].shape[0]
+        if labels is not None:
+            if not isinstance(labels, Tensor):
+                raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
+            if labels.shape != (batch,):
+                raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+
+        update_memory = self.training and labels is not None and self.teacher is not None
+        prototypes = self.classifier.class_weights() if self.memory is not None else None
+        logits: Tensor = self.classifier(self.student(crop_list), prototypes)
+        if update_memory and labels is not None:
+            self._feed_memory(crop_list, labels)
+        return logits
+
+    @torch.no_grad()
+    def _feed_memory(self, crops: list[Tensor], labels: Tensor) -> None:
+        if self.teacher is None or self.memory is None:
+            return
+        if len(crops) < self.num_global_crops:
+            raise ValueError(
+                f"crops must hold at least num_global_crops={self.num_global_crops} tensors, "
+                f"got {len(crops)}"
+            )
+        self.teacher.update(self.student)
+        global_crops = crops[: self.num_global_crops]
+        features = self.teacher(global_crops)
+        self.memory.update(features, repeat(labels, "b -> (n b)", n=len(global_crops)))
+
+    def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Mean cross-entropy over all crops, see :func:`multicrop_cross_entropy`."""
+        return multicrop_cross_entropy(logits, labels, label_smoothing)
+
+    @torch.no_grad()
+    def extract_features(self, images: Tensor) -> Tensor:
+        """Backbone features for transfer: ``(b, c, h, w) -> (b, feature_dim)``."""
+        out: Tensor = self.backbone(images)
+        return out
+
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The student backbone's weights, ready for the stock model.
+
+        For a :class:`~protohead.BackboneAdapter` the keys are those of the stock
+        torchvision/timm model with only the classifier keys missing, so
+        ``model.load_state_dict(sd, strict=False)`` restores the backbone.
+        """
+        if isinstance(self.backbone, BackboneAdapter):
+            exported: dict[str, Tensor] = self.backbone.export_state_dict()
+            return exported
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+
+
+def _resolve_backbone(
+    backbone: nn.Module | str, feature_dim: int | None, small_input_stem: bool
+) -> tuple[nn.Module, int]:
+    if isinstance(backbone, str):
+        adapter = BackboneAdapter(backbone, small_input_stem=small_input_stem)
+        return adapter, _checked_dim(feature_dim, adapter.feature_dim)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be an nn.Module or a name, got {type(backbone).__name__}")
+    if small_input_stem:
+        raise ValueError("small_input_stem=True needs a backbone name; build a BackboneAdapter")
+    if isinstance(backbone, BackboneAdapter):
+        return backbone, _checked_dim(feature_dim, backbone.feature_dim)
+    if feature_dim is None:
+        try:
+            adapter = BackboneAdapter(backbone)
+        except ValueError as err:
+            raise ValueError(
+                "feature_dim must be given for a backbone that is not a torchvision/timm "
+                f"classifier ({err})"
+            ) from err
+        return adapter, adapter.feature_dim
+    return backbone, _checked_dim(feature_dim, feature_dim)
+
+
+def _checked_dim(given: int | None, actual: int) -> int:
+    if given is not None and given != actual:
+        raise ValueError(f"feature_dim must match the backbone's {actual}, got {given}")
+    if isinstance(actual, bool) or not isinstance(actual, int) or actual < 1:
+        raise ValueError(f"feature_dim must be an int >= 1, got {actual!r}")
+    return actual

@@ -1,0 +1,107 @@
+"""Two-process gloo tests on CPU: the memory bank must be identical on every rank."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from protohead import PrototypeMemoryBank, TReX, all_gather_variable
+
+pytestmark = pytest.mark.distributed
+
+WORLD_SIZE = 2
+
+
+def _init(rank: int, init_file: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
+    )
+
+
+def _memory_worker(rank: int, init_file: str, out_dir: str) -> None:
+    _init(rank, init_file)
+    try:
+        gen = torch.Generator().manual_seed(100 + rank)  # ranks see different data
+        bank = PrototypeMemoryBank(5, 16, 4, init="empty")
+        for step in range(6):
+            batch = 1 + rank * 3 + step  # different batch sizes per rank and per step
+            bank.update(
+                torch.randn(batch, 5, generator=gen), torch.randint(0, 4, (batch,), generator=gen)
+            )
+        bank.update(
+            torch.randn(0, 5), torch.zeros(0, dtype=torch.long)
+        )  # an empty rank-local batch
+        gathered = all_gather_variable(torch.full((rank + 1, 2), float(rank)))
+        torch.save(
+            {"state": bank.state_dict(), "protos": bank.prototypes(), "gathered": gathered},
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _trex_worker(rank: int, init_file: str, out_dir: str) -> None:
+    _init(rank, init_file)
+    try:
+        torch.manual_seed(0)  # same init on both ranks
+        model = TReX(
+            "resnet18",
+            num_classes=3,
+            projector_hidden_dim=16,
+            projector_out_dim=8,
+            memory_size=12,
+            memory_init="empty",
+        )
+        gen = torch.Generator().manual_seed(rank)
+        batch = 2 + rank
+        crops = [
+            torch.randn(batch, 3, 32, 32, generator=gen),
+            torch.randn(batch, 3, 16, 16, generator=gen),
+        ]
+        labels = torch.randint(0, 3, (batch,), generator=gen)
+        model.train()
+        model(crops, labels)
+        torch.save({"memory": model.memory.state_dict()}, Path(out_dir) / f"trex{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(worker, tmp_path: Path) -> None:
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+
+
+def test_memory_identical_across_ranks_with_different_batch_sizes(tmp_path):
+    _spawn(_memory_worker, tmp_path)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert torch.equal(r0["protos"], r1["protos"])
+    # 6 steps of (1+s) + (4+s) rows = 60 rows went through a 16-slot memory.
+    assert int(r0["state"]["ptr"]) == 60 % 16
+    assert r0["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert torch.equal(r0["gathered"], r1["gathered"])
+
+
+def test_trex_memory_gathers_teacher_features_from_all_ranks(tmp_path):
+    _spawn(_trex_worker, tmp_path)
+    m0 = torch.load(tmp_path / "trex0.pt")["memory"]
+    m1 = torch.load(tmp_path / "trex1.pt")["memory"]
+    for key in m0:
+        assert torch.equal(m0[key], m1[key]), key
+    assert int(m0["ptr"]) == 2 + 3  # both ranks' global crops were enqueued
+    assert (m0["labels"] >= 0).sum() == 5
+
+
+def test_gather_without_process_group_is_identity():
+    x = torch.randn(3, 2)
+    assert torch.equal(all_gather_variable(x), x)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        all_gather_variable(torch.tensor(1.0))

@@ -1,0 +1,290 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from protohead import (
+    PRESETS,
+    BackboneAdapter,
+    PrototypeMemoryBank,
+    TReX,
+    get_preset,
+    multicrop_cross_entropy,
+)
+
+
+def tiny_trex(**kwargs) -> TReX:
+    torch.manual_seed(0)
+    defaults = dict(projector_hidden_dim=32, projector_out_dim=16, memory_size=24)
+    defaults.update(kwargs)
+    return TReX("resnet18", num_classes=4, **defaults)
+
+
+def make_crops(batch: int = 3, num_local: int = 2, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    crops = [torch.randn(batch, 3, 32, 32, generator=gen)]
+    crops += [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(num_local)]
+    return crops, torch.randint(0, 4, (batch,), generator=gen)
+
+
+def test_forward_shapes_and_crop_major_order():
+    model = tiny_trex().eval()
+    crops, labels = make_crops()
+    logits = model(crops, labels)
+    assert logits.shape == (9, 4)
+    per_crop = torch.cat([model(c) for c in crops])
+    torch.testing.assert_close(logits, per_crop, atol=1e-5, rtol=1e-5)
+
+
+def test_training_step_feeds_memory_with_teacher_global_features_only():
+    model = tiny_trex(memory_init="empty").train()
+    crops, labels = make_crops(batch=3, num_local=2)
+    model(crops, labels)
+    assert int(model.memory.ptr) == 3  # global crop only
+    feats, stored = model.memory.entries()
+    assert torch.equal(stored, labels)
+    assert model.teacher is not None and model.teacher.num_updates == 1
+    # The stored features are the teacher's raw projector outputs (not normalised).
+    teacher_copy = TReX(
+        "resnet18", num_classes=4, projector_hidden_dim=32, projector_out_dim=16, memory_size=24
+    )
+    teacher_copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        teacher_copy.train()
+        # BN in train mode uses batch statistics, so the same batch reproduces the features.
+        expected = teacher_copy.teacher(crops[:1])
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(feats.norm(dim=1), torch.ones(3))
+
+
+def test_prototypes_are_taken_before_enqueue():
+    model = tiny_trex(memory_init="random").train()
+    crops, labels = make_crops()
+    before = model.memory.prototypes().clone()
+    z = None
+
+    def grab(_m, _i, out):
+        nonlocal z
+        z = out
+
+    model.student.register_forward_hook(grab)
+    logits = model(crops, labels)
+    expected = model.classifier(z, before)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(model.memory.prototypes(), before)
+
+
+def test_eval_and_label_free_forward_do_not_touch_memory():
+    model = tiny_trex()
+    state = {k: v.clone() for k, v in model.memory.state_dict().items()}
+    crops, labels = make_crops()
+    model.eval()
+    model(crops, labels)
+    model.train()
+    model(crops)
+    for k, v in model.memory.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_gradients_reach_student_but_never_memory_or_teacher():
+    model = tiny_trex().train()
+    crops, labels = make_crops()
+    loss = model.loss(model(crops, labels), labels)
+    loss.backward()
+    backbone_grads = [p.grad for p in model.backbone.parameters()]
+    projector_grads = [p.grad for p in model.projector.parameters()]
+    assert all(g is not None for g in backbone_grads + projector_grads)
+    assert sum(g.abs().sum() for g in backbone_grads) > 0
+    assert sum(g.abs().sum() for g in projector_grads) > 0
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+    assert not any(b.requires_grad for b in model.memory.buffers())
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in model.student.parameters()}
+
+
+def test_plain_and_baseline_variants():
+    plain = tiny_trex(memory_size=0)
+    assert plain.memory is None and plain.teacher is None
+    assert plain.classifier.weight is not None
+    base = TReX.from_preset("baseline", "resnet18", num_classes=4)
+    assert isinstance(base.projector, nn.Identity)
+    assert isinstance(base.classifier.linear, nn.Linear)
+    assert base.classifier.linear.in_features == 512
+    crops, labels = make_crops(num_local=0)
+    assert base(crops, labels).shape == (3, 4)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_steps(name):
+    preset = get_preset(name)
+    model = TReX.from_preset(
+        name,
+        "resnet18",
+        num_classes=4,
+        projector_hidden_dim=16,
+        memory_size=16 if preset.memory_size else 0,
+    )
+    hidden = [m for m in model.projector.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(hidden) == (preset.projector_hidden_layers or 0)
+    crops, labels = make_crops(num_local=min(preset.num_local_crops, 2))
+    loss = model.loss(model.train()(crops, labels), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_paper_preset_values():
+    trex, star = get_preset("trex"), get_preset("trex-star")
+    assert (trex.projector_hidden_layers, star.projector_hidden_layers) == (3, 1)
+    assert trex.global_crop_scale == (0.25, 1.0) and trex.local_crop_scale == (0.05, 0.25)
+    assert star.global_crop_scale == (0.40, 1.0) and star.local_crop_scale == (0.05, 0.40)
+    assert (trex.memory_size, trex.ema_momentum, trex.temperature) == (8192, 0.999, 0.1)
+    assert (trex.num_global_crops, trex.num_local_crops) == (1, 8)
+    assert (trex.global_crop_size, trex.local_crop_size) == (224, 96)
+    model = TReX.from_preset("trex", "resnet50", num_classes=1000)
+    assert model.projector.layers[0].out_features == 2048
+    assert model.memory.size == 8192 and model.classifier.temperature == 0.1
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = tiny_trex()
+    crops, labels = make_crops()
+    a.train()(crops, labels)
+    b = tiny_trex(memory_init="empty")
+    b.load_state_dict(a.state_dict())
+    assert b.teacher.num_updates == 1
+    crops2, labels2 = make_crops(seed=1)
+    torch.testing.assert_close(a(crops2, labels2), b(crops2, labels2))
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_backbone_export_loads_into_stock_torchvision_model():
+    model = tiny_trex()
+    stock = torchvision.models.resnet18()
+    result = stock.load_state_dict(model.backbone_state_dict(), strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"}
+    assert result.unexpected_keys == []
+    stock.fc = nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(stock.eval()(x), model.eval().extract_features(x))
+
+
+def test_caller_backbone_is_not_mutated():
+    resnet = torchvision.models.resnet18(num_classes=7)
+    model = TReX(resnet, num_classes=4, projector_hidden_dim=16, memory_size=8)
+    assert isinstance(resnet.fc, nn.Linear) and resnet.fc.out_features == 7
+    assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert model.feature_dim == 512
+
+
+def test_custom_feature_extractor_needs_feature_dim():
+    extractor = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="feature_dim must be given"):
+        TReX(extractor, num_classes=3)
+    model = TReX(extractor, num_classes=3, feature_dim=8, projector_hidden_dim=8, memory_size=4)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="feature_dim must match the backbone's 512, got 8"):
+        TReX(BackboneAdapter("resnet18"), num_classes=3, feature_dim=8)
+
+
+def test_autocast_keeps_memory_float32():
+    model = tiny_trex().train()
+    crops, labels = make_crops()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(crops, labels)
+    assert logits.dtype == torch.bfloat16
+    assert model.memory.features.dtype == torch.float32
+    assert model.memory._class_sums.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("labels", "exc", "match"),
+    [
+        (
+            torch.zeros(2, dtype=torch.long),
+            ValueError,
+            r"labels must have shape \(3,\), got \(2,\)",
+        ),
+        ([0, 1, 2], TypeError, "labels must be a Tensor"),
+        (torch.tensor([0, 1, 9]), ValueError, r"labels must lie in \[0, 4\)"),
+    ],
+)
+def test_bad_labels_raise(labels, exc, match):
+    model = tiny_trex().train()
+    crops, _ = make_crops()
+    with pytest.raises(exc, match=match):
+        model(crops, labels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"memory_size": -1}, ValueError, "memory_size must be an int >= 0, got -1"),
+        ({"num_global_crops": 0}, ValueError, "num_global_crops must be >= 1, got 0"),
+        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
+        ({"projector_hidden_layers": -2}, ValueError, "num_hidden_layers must be >= 0"),
+        ({"ema_momentum": 2.0}, ValueError, r"momentum must lie in \[0, 1\]"),
+    ],
+)
+def test_constructor_validation(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_trex(**kwargs)
+
+
+def test_multicrop_cross_entropy_repeats_labels_crop_major():
+    logits = torch.randn(6, 5)
+    labels = torch.tensor([1, 4])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 4, 1, 4, 1, 4]))
+    torch.testing.assert_close(multicrop_cross_entropy(logits, labels), expected)
+    with pytest.raises(ValueError, match="b dividing logits.shape"):
+        multicrop_cross_entropy(torch.randn(5, 3), labels)
+
+
+def test_end_to_end_training_reduces_loss():
+    """A few t-ReX steps on a tiny learnable synthetic task visibly reduce the loss."""
+    torch.manual_seed(0)
+    num_classes, batch = 4, 16
+    # Class = colour channel that is bright + a per-class pattern; learnable in a few steps.
+    base = torch.randn(num_classes, 3, 16, 16)
+
+    def sample(gen):
+        labels = torch.randint(0, num_classes, (batch,), generator=gen)
+        images = base[labels] + 0.3 * torch.randn(batch, 3, 16, 16, generator=gen)
+        local = images[:, :, 4:12, 4:12]
+        return [images, local, local.flip(-1)], labels
+
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    model = TReX(
+        backbone,
+        num_classes,
+        feature_dim=32,
+        projector_hidden_dim=64,
+        projector_out_dim=32,
+        memory_size=64,
+        ema_momentum=0.9,
+        projector_hidden_layers=1,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    model.train()
+    losses = []
+    for _ in range(30):
+        crops, labels = sample(gen)
+        loss = model.loss(model(crops, labels), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, losses
+    assert isinstance(model.memory, PrototypeMemoryBank)

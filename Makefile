@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+LINT_PATHS := protohead tests conftest.py $(wildcard examples benchmarks)
 
 .PHONY: install test lint typecheck demo bench clean
 
@@ -19,8 +20,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check protohead tests examples benchmarks
-	$(BIN)/ruff format --check protohead tests examples benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

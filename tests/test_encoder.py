@@ -80,3 +80,11 @@ def test_constructor_type_checks():
         MultiCropEncoder("resnet")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="head must be an nn.Module or None"):
         MultiCropEncoder(CountingBackbone(), head=3)  # type: ignore[arg-type]
+
+
+def test_state_dict_round_trip():
+    a = MultiCropEncoder(CountingBackbone(), nn.Linear(4, 2))
+    b = MultiCropEncoder(CountingBackbone(), nn.Linear(4, 2))
+    b.load_state_dict(a.state_dict())
+    crops = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]
+    torch.testing.assert_close(a(crops), b(crops))

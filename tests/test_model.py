@@ -288,3 +288,20 @@ def test_end_to_end_training_reduces_loss():
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, losses
     assert isinstance(model.memory, PrototypeMemoryBank)
+
+
+def test_training_step_has_no_host_sync_in_skip_mode(monkeypatch):
+    """The per-step path never reads a tensor value on the host (skip mode, as on GPUs)."""
+    model = tiny_trex(on_invalid="skip").train()
+    crops, labels = make_crops()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync in the training step")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    logits = model(crops, labels)
+    loss = model.loss(logits, labels)
+    loss.backward()
+    monkeypatch.undo()
+    assert int(model.memory.ptr) == 3

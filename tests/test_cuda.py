@@ -1,0 +1,64 @@
+"""Checks that need a CUDA device; skipped elsewhere (run by benchmarks/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protohead import PrototypeMemoryBank, TReX
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def make_model() -> TReX:
+    torch.manual_seed(0)
+    return TReX("resnet18", num_classes=10, projector_hidden_dim=64, memory_size=256).cuda()
+
+
+def test_training_step_never_syncs_with_the_host():
+    model = make_model().train().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    crops = [torch.randn(8, 3, 64, 64, device="cuda")] + [
+        torch.randn(8, 3, 32, 32, device="cuda") for _ in range(4)
+    ]
+    crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
+    labels = torch.randint(0, 10, (8,), device="cuda")
+    for _ in range(2):  # warm up lazy init (cuDNN, allocator)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.loss(model(crops, labels), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.loss(model(crops, labels), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert model.memory is not None
+    assert model.memory.features.dtype == torch.float32
+    assert int(model.memory.ptr) == 3 * 8
+
+
+def test_invalid_batch_is_skipped_on_device_without_raising():
+    bank = PrototypeMemoryBank(4, 16, 3).cuda()
+    before = bank.features.clone()
+    bank.update(torch.full((2, 4), float("nan"), device="cuda"), torch.tensor([0, 1]).cuda())
+    bank.update(torch.randn(2, 4, device="cuda"), torch.tensor([0, 5]).cuda())
+    assert int(bank.num_skipped_updates) == 2
+    assert torch.equal(bank.features, before)
+
+
+def test_memory_matches_cpu_reference():
+    gen = torch.Generator().manual_seed(0)
+    cpu = PrototypeMemoryBank(8, 32, 5, generator=torch.Generator().manual_seed(1))
+    gpu = PrototypeMemoryBank(8, 32, 5, generator=torch.Generator().manual_seed(1)).cuda()
+    for _ in range(20):
+        f, lab = torch.randn(7, 8, generator=gen), torch.randint(0, 5, (7,), generator=gen)
+        cpu.update(f, lab)
+        gpu.update(f.cuda(), lab.cuda())
+    torch.testing.assert_close(gpu.prototypes().cpu(), cpu.prototypes(), atol=1e-5, rtol=0)

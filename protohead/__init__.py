@@ -11,6 +11,8 @@ from protohead.classifier import PrototypeClassifier
 from protohead.distributed import all_gather_variable
 from protohead.ema import EMATeacher, cosine_momentum_schedule
 from protohead.encoder import MultiCropEncoder, group_by_resolution
+from protohead.gpu_multicrop import GPUMultiCrop
+from protohead.image_batch import pad_images
 from protohead.memory import PrototypeMemoryBank
 from protohead.model import TReX, multicrop_cross_entropy
 from protohead.presets import PRESETS, TReXPreset, get_preset
@@ -31,6 +33,7 @@ __all__ = [
     "PRESETS",
     "BackboneAdapter",
     "EMATeacher",
+    "GPUMultiCrop",
     "MultiCropEncoder",
     "MultiCropTransform",
     "Projector",
@@ -46,4 +49,5 @@ __all__ = [
     "group_by_resolution",
     "multicrop_collate",
     "multicrop_cross_entropy",
+    "pad_images",
 ]

@@ -1,0 +1,80 @@
+"""Transfer evaluation: frozen features -> tuned logistic regression -> log-odds.
+
+The protocol of Sariyildiz et al., "No Reason for No Supervision: Improved Generalization in
+Supervised Models" (ICLR 2023): extract pooled features of a frozen backbone on each transfer
+dataset (:mod:`~protohead.evaluation.features`, cached on disk), tune an L2-regularised
+multinomial logistic regression on a stratified validation split (:mod:`~.search`,
+:mod:`~.logreg`), report test top-1 and its log-odds per dataset and their mean
+(:mod:`~.metrics`, :mod:`~.report`). Command line: ``python -m protohead.evaluation``.
+"""
+
+from protohead.evaluation.cache import FeatureCache, model_checksum
+from protohead.evaluation.datasets import (
+    DATASETS,
+    EXPECTED_COUNTS,
+    PAPER_DATASETS,
+    DatasetOptions,
+    TransferDataset,
+    build_dataset,
+    image_folder_pair,
+    image_list_pair,
+)
+from protohead.evaluation.errors import DatasetUnavailableError
+from protohead.evaluation.fashion_mnist import FashionMNIST
+from protohead.evaluation.features import TransformConfig, cached_features, extract_features
+from protohead.evaluation.image_list import ImageListDataset
+from protohead.evaluation.loading import load_backbone, load_checkpoint_backbone
+from protohead.evaluation.logreg import LogisticRegression
+from protohead.evaluation.metrics import LOG_ODDS_EPS, log_odds
+from protohead.evaluation.plot import plot_transfer
+from protohead.evaluation.report import (
+    DatasetResult,
+    TransferReport,
+    format_table,
+    read_json,
+    write_json,
+)
+from protohead.evaluation.search import (
+    ProbeResult,
+    SearchConfig,
+    SeedResult,
+    linear_probe,
+    refine_search,
+)
+from protohead.evaluation.splits import stratified_split
+
+__all__ = [
+    "DATASETS",
+    "EXPECTED_COUNTS",
+    "LOG_ODDS_EPS",
+    "PAPER_DATASETS",
+    "DatasetOptions",
+    "DatasetResult",
+    "DatasetUnavailableError",
+    "FashionMNIST",
+    "FeatureCache",
+    "ImageListDataset",
+    "LogisticRegression",
+    "ProbeResult",
+    "SearchConfig",
+    "SeedResult",
+    "TransferDataset",
+    "TransferReport",
+    "TransformConfig",
+    "build_dataset",
+    "cached_features",
+    "extract_features",
+    "format_table",
+    "image_folder_pair",
+    "image_list_pair",
+    "linear_probe",
+    "load_backbone",
+    "load_checkpoint_backbone",
+    "log_odds",
+    "model_checksum",
+    "plot_transfer",
+    "read_json",
+    "refine_search",
+    "stratified_split",
+    "write_json",
+]

@@ -1,0 +1,276 @@
+"""Transfer report: per-dataset top-1 and log-odds, their mean, a table and a JSON file.
+
+Sariyildiz et al. (ICLR 2023) summarise transfer by the mean log-odds of the linear-probe test
+top-1 over the transfer datasets. The mean here is over the datasets that ran; a dataset that
+could not be evaluated is kept in the report as *missing* with its reason, and the mean always
+states its denominator ("mean over 6 of 8 datasets"), so a partial mean is never mistaken for
+the full one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protohead.evaluation.search import ProbeResult
+
+__all__ = ["DatasetResult", "TransferReport", "format_table", "read_json", "write_json"]
+
+_FORMAT = "protohead.transfer-report/1"
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """One dataset's outcome; ``missing_reason`` is set exactly when it did not run.
+
+    Attributes:
+        name: Dataset name.
+        accuracy: Mean test top-1 over seeds (fraction), ``None`` when missing.
+        accuracy_std: Population std of the per-seed top-1.
+        log_odds: Log-odds of ``accuracy``.
+        seeds: Seeds run.
+        seed_accuracies: Test top-1 per seed.
+        best_c: Selected ``C`` per seed.
+        val_accuracies: Validation accuracy at ``best_c`` per seed.
+        num_trainval: Trainval size.
+        num_test: Test size.
+        num_classes: Number of classes.
+        missing_reason: Why the dataset did not run.
+
+    Example:
+        >>> DatasetResult("dtd", accuracy=0.7, log_odds=0.847).ran
+        True
+        >>> DatasetResult.missing("cars", "no files").ran
+        False
+    """
+
+    name: str
+    accuracy: float | None = None
+    accuracy_std: float | None = None
+    log_odds: float | None = None
+    seeds: tuple[int, ...] = ()
+    seed_accuracies: tuple[float, ...] = ()
+    best_c: tuple[float, ...] = ()
+    val_accuracies: tuple[float, ...] = ()
+    num_trainval: int | None = None
+    num_test: int | None = None
+    num_classes: int | None = None
+    missing_reason: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        """Whether the dataset was evaluated."""
+        return self.missing_reason is None
+
+    @classmethod
+    def from_probe(
+        cls, name: str, probe: ProbeResult, *, num_trainval: int, num_test: int, num_classes: int
+    ) -> DatasetResult:
+        """Result of a :func:`~protohead.evaluation.search.linear_probe` run."""
+        return cls(
+            name=name,
+            accuracy=probe.accuracy,
+            accuracy_std=probe.accuracy_std,
+            log_odds=probe.log_odds,
+            seeds=tuple(s.seed for s in probe.seeds),
+            seed_accuracies=tuple(s.test_accuracy for s in probe.seeds),
+            best_c=tuple(s.best_c for s in probe.seeds),
+            val_accuracies=tuple(s.val_accuracy for s in probe.seeds),
+            num_trainval=num_trainval,
+            num_test=num_test,
+            num_classes=num_classes,
+        )
+
+    @classmethod
+    def missing(cls, name: str, reason: str) -> DatasetResult:
+        """A dataset that could not be evaluated.
+
+        Raises:
+            ValueError: If ``reason`` is empty.
+        """
+        if not reason:
+            raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        return cls(name=name, missing_reason=reason)
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """All datasets of one model.
+
+    Args:
+        model: Label of the model (shown in tables and plots).
+        datasets: Results in the order requested, missing ones included.
+        train_top1: Top-1 on the model's training task (fraction), for the plot.
+        settings: Free-form run settings stored in the JSON (seeds, search grid, ...).
+
+    Example:
+        >>> report = TransferReport("demo", (
+        ...     DatasetResult("a", accuracy=0.5, log_odds=0.0),
+        ...     DatasetResult.missing("b", "no files")))
+        >>> report.summary()["mean_log_odds"], report.summary()["datasets_ran"]
+        (0.0, '1 of 2')
+    """
+
+    model: str
+    datasets: tuple[DatasetResult, ...]
+    train_top1: float | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ran(self) -> tuple[DatasetResult, ...]:
+        """Datasets that were evaluated."""
+        return tuple(d for d in self.datasets if d.ran)
+
+    @property
+    def missing(self) -> tuple[DatasetResult, ...]:
+        """Datasets that were requested but not evaluated."""
+        return tuple(d for d in self.datasets if not d.ran)
+
+    def summary(self) -> dict[str, Any]:
+        """Means over the datasets that ran, with the denominator spelled out.
+
+        Returns:
+            ``mean_accuracy`` and ``mean_log_odds`` (``None`` if nothing ran), ``num_ran``,
+            ``num_requested``, ``datasets_ran`` (``"k of n"``), ``missing`` (names) and
+            ``complete`` (no dataset missing).
+        """
+        ran = self.ran
+        accuracies = [d.accuracy for d in ran if d.accuracy is not None]
+        odds = [d.log_odds for d in ran if d.log_odds is not None]
+        return {
+            "mean_accuracy": statistics.fmean(accuracies) if accuracies else None,
+            "mean_log_odds": statistics.fmean(odds) if odds else None,
+            "num_ran": len(ran),
+            "num_requested": len(self.datasets),
+            "datasets_ran": f"{len(ran)} of {len(self.datasets)}",
+            "missing": [d.name for d in self.missing],
+            "complete": not self.missing,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (see :func:`write_json`)."""
+        return {
+            "format": _FORMAT,
+            "model": self.model,
+            "train_top1": self.train_top1,
+            "settings": dict(self.settings),
+            "summary": self.summary(),
+            "datasets": [
+                {"status": "ok" if d.ran else "missing", **asdict(d)} for d in self.datasets
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TransferReport:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: If ``data`` is not a protohead transfer report.
+        """
+        if data.get("format") != _FORMAT:
+            raise ValueError(
+                f"data must be a {_FORMAT!r} report, got format {data.get('format')!r}"
+            )
+        results = []
+        for entry in data["datasets"]:
+            values = {k: v for k, v in entry.items() if k != "status"}
+            for key in ("seeds", "seed_accuracies", "best_c", "val_accuracies"):
+                values[key] = tuple(values.get(key, ()))
+            results.append(DatasetResult(**values))
+        return cls(data["model"], tuple(results), data.get("train_top1"), data.get("settings", {}))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def format_table(report: TransferReport) -> str:
+    """Plain-text table: one row per dataset (missing ones with their reason) and the mean.
+
+    Example:
+        >>> report = TransferReport("demo", (DatasetResult("a", accuracy=0.9, log_odds=2.1972,
+        ...     accuracy_std=0.0, best_c=(1.0,), num_trainval=10, num_test=5),))
+        >>> print(format_table(report).splitlines()[-1])
+        mean (1 of 1)                90.00             2.197
+    """
+    lines = [f"model: {report.model}"]
+    if report.train_top1 is not None:
+        lines.append(f"training-task top-1: {_pct(report.train_top1)}%")
+    header = f"{'dataset':<24}{'top-1 %':>10}{'± std':>8}{'log-odds':>10}{'best C':>11}  sizes"
+    lines += [header, "-" * len(header)]
+    for d in report.datasets:
+        if not d.ran:
+            lines.append(f"{d.name:<24}{'MISSING':>10}  {d.missing_reason}")
+            continue
+        c = f"{statistics.median(d.best_c):.2g}" if d.best_c else "-"
+        odds = "-" if d.log_odds is None else f"{d.log_odds:.3f}"
+        sizes = f"{d.num_trainval}/{d.num_test}"
+        lines.append(
+            f"{d.name:<24}{_pct(d.accuracy):>10}{_pct(d.accuracy_std):>8}{odds:>10}{c:>11}  {sizes}"
+        )
+    lines.append("-" * len(header))
+    s = report.summary()
+    mean_odds = "-" if s["mean_log_odds"] is None else f"{s['mean_log_odds']:.3f}"
+    label = f"mean ({s['datasets_ran']})"
+    lines.append(f"{label:<24}{_pct(s['mean_accuracy']):>10}{'':>8}{mean_odds:>10}")
+    if s["missing"]:
+        lines.append(f"not in the mean (missing): {', '.join(s['missing'])}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def write_json(report: TransferReport, path: str | os.PathLike[str]) -> Path:
+    """Write :meth:`TransferReport.to_dict` as JSON, atomically (temp file + ``os.replace``).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> report = TransferReport("demo", (DatasetResult("dtd", accuracy=0.7, log_odds=0.847),))
+        >>> path = write_json(report, Path(tempfile.mkdtemp()) / "report.json")
+        >>> read_json(path) == report
+        True
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as tmp:
+            json.dump(report.to_dict(), tmp, indent=2, default=_json_default)
+            tmp.write("\n")
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_json(path: str | os.PathLike[str]) -> TransferReport:
+    """Read a report written by :func:`write_json`.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not a protohead transfer report.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "r.json"
+        >>> _ = write_json(TransferReport("m", (DatasetResult.missing("a", "gone"),)), path)
+        >>> read_json(path).summary()["datasets_ran"]
+        '0 of 1'
+    """
+    with open(path) as handle:
+        return TransferReport.from_dict(json.load(handle))

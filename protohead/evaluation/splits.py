@@ -1,0 +1,86 @@
+"""Seeded stratified train/validation split of a trainval set.
+
+The transfer protocol of Sariyildiz et al. (ICLR 2023) tunes the logistic-regression penalty on a
+held-out part of each dataset's trainval set, then refits on all of trainval. This module draws
+that held-out part per class, so that rare classes are represented on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["stratified_split"]
+
+
+def stratified_split(
+    labels: torch.Tensor, *, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split sample indices per class into train and validation indices.
+
+    Every class with ``n_c`` samples gets ``clamp(floor(val_fraction * n_c + 0.5), 1, n_c - 1)``
+    validation samples, drawn uniformly with a generator seeded by ``seed`` (classes are visited
+    in increasing label order), so the split is deterministic and each class appears on both
+    sides.
+
+    Args:
+        labels: Integer labels ``(n,)``; any non-negative label values.
+        val_fraction: Target validation fraction per class, in ``(0, 1)``.
+        seed: Seed of the split, any int.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted int64 index tensors (on the CPU) that partition
+        ``range(n)``.
+
+    Raises:
+        TypeError: If ``labels`` is not an integer tensor or ``seed`` is not an int.
+        ValueError: If ``labels`` is not 1-D, ``val_fraction`` is outside ``(0, 1)`` or a class
+            has fewer than 2 samples.
+
+    Example:
+        >>> labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
+        >>> train_idx, val_idx = stratified_split(labels, val_fraction=0.2, seed=0)
+        >>> sorted(labels[val_idx].tolist())
+        [0, 1, 2]
+        >>> len(train_idx) + len(val_idx)
+        12
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (n,), got shape {tuple(labels.shape)}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+    if labels.numel() < 2:
+        raise ValueError(f"labels must hold at least 2 samples, got {labels.numel()}")
+    labels = labels.cpu()
+    classes, counts = torch.unique(labels, return_counts=True)
+    too_small = classes[counts < 2]
+    if too_small.numel() > 0:
+        raise ValueError(
+            "every class needs at least 2 samples to appear in both train and val, got "
+            f"classes {too_small.tolist()} with fewer"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.argsort(labels, stable=True)
+    train_parts: list[torch.Tensor] = []
+    val_parts: list[torch.Tensor] = []
+    start = 0
+    for count in counts.tolist():
+        members = order[start : start + count]
+        start += count
+        n_val = min(max(math.floor(val_fraction * count + 0.5), 1), count - 1)
+        shuffled = members[torch.randperm(count, generator=generator)]
+        val_parts.append(shuffled[:n_val])
+        train_parts.append(shuffled[n_val:])
+    train_idx = torch.sort(torch.cat(train_parts)).values
+    val_idx = torch.sort(torch.cat(val_parts)).values
+    return train_idx, val_idx

@@ -1,0 +1,131 @@
+"""Tests for protohead.evaluation.loading."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from protohead.evaluation.loading import load_backbone, load_checkpoint_backbone
+from protohead.model import TReX
+
+
+def stock_resnet18(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=1000).eval()
+
+
+def penultimate(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    head = model.fc
+    model.fc = torch.nn.Identity()
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.fc = head
+
+
+def test_backbone_pth_with_and_without_classifier_keys(tmp_path: Path) -> None:
+    stock = stock_resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    expected = penultimate(stock, x)
+    full, no_fc = tmp_path / "full.pth", tmp_path / "no_fc.pth"
+    state = stock.state_dict()
+    torch.save(state, full)
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, no_fc)
+    for path in (full, no_fc):
+        backbone = load_backbone("resnet18", path).eval()
+        assert backbone.feature_dim == 512
+        with torch.no_grad():
+            torch.testing.assert_close(backbone(x), expected)
+    ddp = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, ddp)
+    with torch.no_grad():
+        torch.testing.assert_close(load_backbone("resnet18", ddp).eval()(x), expected)
+
+
+def test_backbone_pth_errors(tmp_path: Path) -> None:
+    state = stock_resnet18().state_dict()
+    extra = tmp_path / "extra.pth"
+    torch.save({**state, "projector.weight": torch.zeros(1)}, extra)
+    with pytest.raises(ValueError, match=r"1 unexpected keys \['projector.weight'\]"):
+        load_backbone("resnet18", extra)
+    missing = tmp_path / "missing.pth"
+    torch.save({k: v for k, v in state.items() if k != "conv1.weight"}, missing)
+    with pytest.raises(ValueError, match=r"1 missing keys \['conv1.weight'\]"):
+        load_backbone("resnet18", missing)
+    shape = tmp_path / "shape.pth"
+    torch.save({**state, "conv1.weight": torch.zeros(64, 3, 3, 3)}, shape)
+    with pytest.raises(ValueError, match="weights do not fit the 'resnet18' backbone"):
+        load_backbone("resnet18", shape)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone("resnet18", tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="arch must be a torchvision classification model name"):
+        load_backbone("not_a_model")
+    not_dict = tmp_path / "list.pth"
+    torch.save([1, 2], not_dict)
+    with pytest.raises(ValueError, match="weights must hold a state_dict, got list"):
+        load_backbone("resnet18", not_dict)
+
+
+def fabricate_checkpoint(path: Path, *, namespace: bool = False, prefix: str | None = None) -> TReX:
+    torch.manual_seed(1)
+    model = TReX(
+        "resnet18",
+        num_classes=5,
+        projector_hidden_dim=32,
+        projector_out_dim=16,
+        memory_size=16,
+        small_input_stem=True,
+    ).eval()
+    with torch.no_grad():  # the EMA teacher differs from the student; only the student counts
+        model.teacher.module.backbone.model.conv1.weight.add_(1.0)  # type: ignore[union-attr]
+    state = model.state_dict()
+    assert any(k.startswith("teacher.module.backbone.model.") for k in state)
+    if prefix is not None:  # the layout "backbone.model.*" of a plain backbone attribute
+        state = {
+            prefix + k[len("student.backbone.model.") :]: v
+            for k, v in state.items()
+            if k.startswith("student.backbone.model.")
+        }
+    args = {"arch": "resnet18", "small_input_stem": True, "epochs": 1}
+    torch.save({"model": state, "args": argparse.Namespace(**args) if namespace else args}, path)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("namespace", "prefix"), [(False, None), (True, None), (False, "backbone.model.")]
+)
+def test_protohead_checkpoint_loads_student_backbone(
+    tmp_path: Path, namespace: bool, prefix: str | None
+) -> None:
+    path = tmp_path / "ckpt.pth"
+    model = fabricate_checkpoint(path, namespace=namespace, prefix=prefix)
+    backbone, args = load_checkpoint_backbone(path)
+    assert args["arch"] == "resnet18" and args["epochs"] == 1
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.eval()(x), model.extract_features(x))
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.pth"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match=r"checkpoint must be a dict with a 'model' state_dict"):
+        load_checkpoint_backbone(path)
+    torch.save({"model": {}, "args": {"lr": 0.1}}, path)
+    with pytest.raises(ValueError, match="checkpoint must have 'args' with a string 'arch'"):
+        load_checkpoint_backbone(path)
+    torch.save({"model": {"head.weight": torch.zeros(1)}, "args": {"arch": "resnet18"}}, path)
+    with pytest.raises(ValueError, match=r"no backbone keys .* got top-level keys \['head'\]"):
+        load_checkpoint_backbone(path)
+    state = {f"student.backbone.model.{k}": v for k, v in stock_resnet18().state_dict().items()}
+    torch.save({"model": state, "args": {"arch": "resnet18", "small_input_stem": True}}, path)
+    with pytest.raises(ValueError, match="weights do not fit the 'resnet18' backbone"):
+        load_checkpoint_backbone(path)
+    torch.save({"model": state, "args": {"arch": "resnet18", "small_input_stem": "yes"}}, path)
+    with pytest.raises(ValueError, match="'small_input_stem' must be a bool, got 'yes'"):
+        load_checkpoint_backbone(path)

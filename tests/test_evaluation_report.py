@@ -1,0 +1,88 @@
+"""Tests for protohead.evaluation.report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from protohead.evaluation.report import (
+    DatasetResult,
+    TransferReport,
+    format_table,
+    read_json,
+    write_json,
+)
+from protohead.evaluation.search import SearchConfig, linear_probe
+
+
+def sample_report() -> TransferReport:
+    return TransferReport(
+        model="resnet50 (t-ReX)",
+        datasets=(
+            DatasetResult("aircraft", accuracy=0.6, accuracy_std=0.01, log_odds=0.405,
+                          seeds=(0, 1), seed_accuracies=(0.59, 0.61), best_c=(1.0, 2.0),
+                          val_accuracies=(0.5, 0.5), num_trainval=10, num_test=5, num_classes=2),
+            DatasetResult.missing("cars", "cars: files not found under 'data'"),
+            DatasetResult("dtd", accuracy=0.8, accuracy_std=0.0, log_odds=1.386, best_c=(0.1,),
+                          num_trainval=8, num_test=4, num_classes=2),
+        ),
+        train_top1=0.76,
+        settings={"seeds": [0, 1]},
+    )  # fmt: skip
+
+
+def test_mean_is_over_datasets_that_ran_with_explicit_denominator() -> None:
+    summary = sample_report().summary()
+    assert summary["mean_accuracy"] == pytest.approx(0.7)
+    assert summary["mean_log_odds"] == pytest.approx((0.405 + 1.386) / 2)
+    assert summary["datasets_ran"] == "2 of 3"
+    assert (summary["num_ran"], summary["num_requested"]) == (2, 3)
+    assert summary["missing"] == ["cars"] and summary["complete"] is False
+
+
+def test_nothing_ran() -> None:
+    summary = TransferReport("m", (DatasetResult.missing("a", "gone"),)).summary()
+    assert summary["mean_log_odds"] is None and summary["datasets_ran"] == "0 of 1"
+    with pytest.raises(ValueError, match="reason must be a non-empty string"):
+        DatasetResult.missing("a", "")
+
+
+def test_table_lists_missing_and_mean_denominator() -> None:
+    table = format_table(sample_report())
+    lines = table.splitlines()
+    assert lines[0] == "model: resnet50 (t-ReX)"
+    assert "training-task top-1: 76.00%" in table
+    assert any(line.startswith("cars") and "MISSING" in line and "files not found" in line
+               for line in lines)  # fmt: skip
+    assert any(
+        line.startswith("aircraft") and "60.00" in line and "0.405" in line for line in lines
+    )
+    assert any(line.startswith("mean (2 of 3)") and "70.00" in line for line in lines)
+    assert lines[-1] == "not in the mean (missing): cars"
+
+
+def test_json_round_trip_and_atomic(tmp_path: Path) -> None:
+    report = sample_report()
+    path = write_json(report, tmp_path / "out" / "report.json")
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
+    data = json.loads(path.read_text())
+    assert data["summary"]["datasets_ran"] == "2 of 3"
+    assert [d["status"] for d in data["datasets"]] == ["ok", "missing", "ok"]
+    assert read_json(path) == report
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="must be a 'protohead.transfer-report/1' report"):
+        read_json(tmp_path / "other.json")
+
+
+def test_from_probe_copies_per_seed_values() -> None:
+    x = torch.cat([torch.randn(20, 2) - 3, torch.randn(20, 2) + 3])
+    y = torch.arange(2).repeat_interleave(20)
+    cfg = SearchConfig(c_min=0.1, c_max=10.0, grid_points=3, refine_steps=0)
+    probe = linear_probe(x, y, x, y, seeds=(4, 5), config=cfg)
+    result = DatasetResult.from_probe("toy", probe, num_trainval=40, num_test=40, num_classes=2)
+    assert result.ran and result.seeds == (4, 5)
+    assert result.accuracy == probe.accuracy and result.log_odds == probe.log_odds
+    assert len(result.best_c) == 2 and len(result.val_accuracies) == 2

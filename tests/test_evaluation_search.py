@@ -1,0 +1,102 @@
+"""Tests for protohead.evaluation.search."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from protohead.evaluation.logreg import LogisticRegression
+from protohead.evaluation.metrics import log_odds
+from protohead.evaluation.search import SearchConfig, linear_probe, refine_search
+from protohead.evaluation.splits import stratified_split
+
+
+def clusters(n: int, d: int, k: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    means = torch.randn(k, d, generator=torch.Generator().manual_seed(0)) * spread
+    y = torch.arange(n) % k
+    return means[y] + torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), y
+
+
+def test_refine_search_finds_peak_between_grid_points() -> None:
+    config = SearchConfig(c_min=1e-6, c_max=1e5, grid_points=12, refine_steps=4)
+    best, value, trials = refine_search(lambda c: -abs(math.log10(c) - 0.3), config)
+    assert abs(math.log10(best) - 0.3) <= 1.0 / 16 + 1e-9
+    assert value == max(v for _, v in trials)
+    cs = [c for c, _ in trials]
+    assert len(cs) == len({round(math.log10(c), 6) for c in cs}), "a C was evaluated twice"
+    assert all(1e-6 * (1 - 1e-9) <= c <= 1e5 * (1 + 1e-9) for c in cs)
+    assert cs[:12] == sorted(cs[:12]), "coarse grid runs from strong to weak regularisation"
+
+
+def test_refine_search_ties_go_to_smallest_c() -> None:
+    config = SearchConfig(c_min=1e-3, c_max=1e3, grid_points=7, refine_steps=2)
+    best, value, trials = refine_search(lambda c: 1.0 if c >= 0.1 else 0.5, config)
+    assert value == 1.0
+    assert best == min(c for c, v in trials if v == 1.0)
+    assert best < 0.1 * 1.0001 or math.isclose(best, 0.1, rel_tol=1e-9)
+
+
+def test_refine_search_stays_inside_bounds_and_single_point() -> None:
+    config = SearchConfig(c_min=1e-2, c_max=1e2, grid_points=3, refine_steps=3)
+    best, _, trials = refine_search(lambda c: c, config)  # increasing: best at the upper bound
+    assert best == pytest.approx(1e2)
+    assert all(c <= 1e2 * (1 + 1e-9) for c, _ in trials)
+    single = SearchConfig(c_min=0.5, c_max=0.5, grid_points=1, refine_steps=2)
+    best, _, trials = refine_search(lambda c: 0.0, single)
+    assert best == pytest.approx(0.5) and len(trials) == 1
+
+
+def test_linear_probe_picks_argmax_validation_c_and_averages_seeds() -> None:
+    x, y = clusters(300, 10, 4, spread=0.5, seed=1)
+    x_test, y_test = clusters(200, 10, 4, spread=0.5, seed=2)
+    config = SearchConfig(c_min=1e-4, c_max=1e2, grid_points=7, refine_steps=2)
+    result = linear_probe(x, y, x_test, y_test, seeds=(0, 1, 2), config=config)
+    assert [s.seed for s in result.seeds] == [0, 1, 2]
+    for seed in result.seeds:
+        best_value = max(v for _, v in seed.trials)
+        winners = [c for c, v in seed.trials if v == best_value]
+        assert seed.best_c == min(winners)
+        assert seed.val_accuracy == best_value
+        # The reported validation accuracy is that of a classifier fitted at best_c.
+        train_idx, val_idx = stratified_split(y, seed=seed.seed)
+        clf = LogisticRegression(seed.best_c).fit(x[train_idx], y[train_idx], num_classes=4)
+        assert abs(clf.score(x[val_idx], y[val_idx]) - seed.val_accuracy) <= 1.5 / len(val_idx)
+        # Test accuracy is the trainval refit at best_c.
+        refit = LogisticRegression(seed.best_c).fit(x, y, num_classes=4)
+        assert abs(refit.score(x_test, y_test) - seed.test_accuracy) <= 1.5 / len(y_test)
+    accuracies = [s.test_accuracy for s in result.seeds]
+    assert result.accuracy == pytest.approx(sum(accuracies) / 3)
+    assert result.log_odds == pytest.approx(log_odds(result.accuracy))
+    assert result.accuracy > 0.6
+
+
+def test_linear_probe_rejects_bad_inputs() -> None:
+    x, y = clusters(40, 3, 2, spread=1.0, seed=0)
+    with pytest.raises(ValueError, match="seeds must be a non-empty sequence of distinct ints"):
+        linear_probe(x, y, x, y, seeds=(1, 1))
+    with pytest.raises(ValueError, match="seeds must be a non-empty"):
+        linear_probe(x, y, x, y, seeds=())
+    with pytest.raises(ValueError, match="test features must have d=3 as trainval, got 4"):
+        linear_probe(x, y, torch.randn(5, 4), y[:5])
+    with pytest.raises(ValueError, match=r"trainval features must be \(n, d\) and labels \(n,\)"):
+        linear_probe(x, y[:3], x, y)
+    with pytest.raises(ValueError, match=r"test labels must be in \[0, 2\)"):
+        linear_probe(x, y, x[:2], torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"c_min": 0.0}, "c_min must be a finite number > 0, got 0.0"),
+        ({"c_min": 1.0, "c_max": 0.5}, "c_max must be finite and >= c_min=1.0, got 0.5"),
+        ({"grid_points": 1}, "grid_points must be >= 2, got 1"),
+        ({"refine_steps": -1}, "refine_steps must be >= 0, got -1"),
+        ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
+        ({"max_iter": 0}, "max_iter must be an int >= 1, got 0"),
+    ],
+)
+def test_search_config_validation(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**kwargs)  # type: ignore[arg-type]

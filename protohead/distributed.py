@@ -13,17 +13,32 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 
 
 def is_dist_initialized() -> bool:
-    """True when ``torch.distributed`` is available and a default process group exists."""
+    """True when ``torch.distributed`` is available and a default process group exists.
+
+    Example:
+        >>> is_dist_initialized()  # a plain Python process has no process group
+        False
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def get_world_size() -> int:
-    """Number of processes in the default group, 1 without a process group."""
+    """Number of processes in the default group, 1 without a process group.
+
+    Example:
+        >>> get_world_size()
+        1
+    """
     return dist.get_world_size() if is_dist_initialized() else 1
 
 
 def get_rank() -> int:
-    """Rank of this process in the default group, 0 without a process group."""
+    """Rank of this process in the default group, 0 without a process group.
+
+    Example:
+        >>> get_rank()
+        0
+    """
     return dist.get_rank() if is_dist_initialized() else 0
 
 

@@ -1,0 +1,157 @@
+"""CPU benchmark of the t-ReX training step and of the multi-crop data pipeline.
+
+1. Training-step overhead: the full t-ReX step (projector, cosine classifier, OCM memory and EMA
+   teacher) over the ``baseline`` step on the *same* backbone and the *same* crops (resnet18,
+   1 global + 8 local crops at the paper's size ratio, 64 px + 28 px here to fit a CPU). The
+   models are timed in interleaved rounds and the median is kept, so load on the machine hits
+   every row alike. Target: t-ReX <= 1.25x the baseline (the EMA forward on the global crop
+   alone is about +14%).
+2. Data loader: images/s of ``MultiCropTransform`` + ``multicrop_collate`` through a
+   ``DataLoader`` with 0, 1 and 2 workers, for ImageNet-like 256 px images with the paper's
+   crops and for 28 px images with the small-image preset, next to the batched ``GPUMultiCrop``
+   running on the CPU.
+
+Run: ``python benchmarks/bench_train_step.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from protohead import MultiCropTransform, TReX, get_preset, multicrop_collate
+from protohead.small_images import small_image_preset
+
+
+def _step(model: TReX, crops: list[torch.Tensor], labels: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def run() -> None:
+        logits = model(crops, labels)
+        loss = model.loss(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+def bench_steps(batch: int, rounds: int, steps: int) -> None:
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    crops = [torch.randn(batch, 3, 64, 64)] + [torch.randn(batch, 3, 28, 28) for _ in range(8)]
+    crops = [c.contiguous(memory_format=fmt) for c in crops]
+    labels = torch.randint(0, 100, (batch,))
+    rows = {
+        "baseline (same crops)": "baseline",
+        "trex-plain-3 (no memory/EMA)": "trex-plain-3",
+        "trex": "trex",
+        "trex-star": "trex-star",
+    }
+    fns = {}
+    for label, preset in rows.items():
+        kwargs = get_preset(preset).model_kwargs()
+        model = TReX("resnet18", 100, **kwargs, on_invalid="skip").to(memory_format=fmt)
+        model.train()
+        fns[label] = _step(model, crops, labels)
+        fns[label]()  # warm-up (allocations, oneDNN primitives)
+    times: dict[str, list[float]] = {label: [] for label in rows}
+    for _ in range(rounds):
+        for label, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[label].append((time.perf_counter() - start) / steps)
+    base = statistics.median(times["baseline (same crops)"])
+    print(
+        f"\nTraining step on CPU: resnet18, batch {batch}, 1x64 px + 8x28 px crops, "
+        f"{torch.get_num_threads()} threads, median of {rounds} rounds x {steps} steps"
+    )
+    print(f"{'model':<30} {'ms/step':>9} {'img/s':>7} {'vs baseline':>12}")
+    for label, values in times.items():
+        t = statistics.median(values)
+        print(f"{label:<30} {1e3 * t:>9.1f} {batch / t:>7.1f} {t / base:>11.3f}x")
+    ratio = statistics.median(times["trex"]) / base
+    print(
+        f"t-ReX / baseline step time: {ratio:.3f}x (target <= 1.25x): "
+        f"{'PASS' if ratio <= 1.25 else 'FAIL'}"
+    )
+
+
+class _Images(Dataset[tuple[Image.Image, int]]):
+    def __init__(self, n: int, size: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        data = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=gen)
+        self.images = [Image.fromarray(a.numpy()) for a in data]
+        self.transform: Callable[[Image.Image], object] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[object, int]:
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), i % 10
+
+
+def _loader_rate(dataset: _Images, workers: int, batch: int) -> float:
+    loader = DataLoader(
+        dataset, batch_size=batch, num_workers=workers, collate_fn=multicrop_collate
+    )
+    start = time.perf_counter()
+    seen = sum(labels.shape[0] for _, labels in loader)
+    return seen / (time.perf_counter() - start)
+
+
+def bench_loader(quick: bool) -> None:
+    cases = [
+        ("256 px, paper trex crops", 256, get_preset("trex"), 16 if quick else 96),
+        ("28 px, small-image trex", 28, small_image_preset("trex", 28), 256 if quick else 2048),
+    ]
+    print("\nMulti-crop data pipeline (images/s; each image -> all its crops, collated)")
+    print(
+        f"{'images':<26} {'0 workers':>10} {'1 worker':>10} {'2 workers':>10} {'batched CPU':>12}"
+    )
+    for label, size, preset, n in cases:
+        data = _Images(n, size)
+        transform = MultiCropTransform(**preset.transform_kwargs())
+        data.transform = transform
+        rates = [_loader_rate(data, w, 16) for w in (0, 1, 2)]
+        batched = _batched_rate(data, transform)
+        print(f"{label:<26} {rates[0]:>10.0f} {rates[1]:>10.0f} {rates[2]:>10.0f} {batched:>12}")
+
+
+def _batched_rate(data: _Images, transform: MultiCropTransform) -> str:
+    try:
+        from protohead.gpu_multicrop import GPUMultiCrop
+    except ImportError:
+        return "n/a"
+    aug = GPUMultiCrop.from_transform(transform)
+    images = torch.stack([pil_to_tensor(image) for image in data.images])
+    gen = torch.Generator().manual_seed(0)
+    aug(images[:2], generator=gen)
+    start = time.perf_counter()
+    for chunk in images.split(64):
+        aug(chunk, generator=gen)
+    return f"{len(images) / (time.perf_counter() - start):.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 5)
+    bench_steps(4 if args.quick else args.batch_size, rounds, 1 if args.quick else 3)
+    bench_loader(args.quick)
+
+
+if __name__ == "__main__":
+    main()

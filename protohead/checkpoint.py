@@ -1,0 +1,217 @@
+"""Atomic training checkpoints that carry the RNG states needed to resume a run exactly.
+
+A t-ReX checkpoint (Sariyildiz et al., ICLR 2023) must hold more than the weights: the EMA
+teacher and the OCM memory are part of the model's state (``TReX.state_dict()`` includes
+both), and the optimiser, scaler, schedule and random generators are needed for a resumed run to
+continue bit for bit. :func:`save_checkpoint` never leaves a half-written file in place of a
+good one: it writes a temporary file in the same directory, ``fsync``\\ s it, then renames it
+over the target with ``os.replace`` (atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "find_resume_checkpoint",
+    "get_rng_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+
+def _numpy() -> Any | None:
+    """The numpy module when installed (it is optional for protohead)."""
+    if importlib.util.find_spec("numpy") is None:
+        return None
+    return importlib.import_module("numpy")
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of Python's, numpy's (if installed), torch's CPU and all CUDA generators.
+
+    Everything is stored as tensors and plain Python values, so a checkpoint holding it loads
+    with ``torch.load(weights_only=True)``. CUDA states are included only when CUDA has been
+    initialised (reading them would otherwise create a context on every device).
+
+    Example:
+        >>> state = get_rng_state()
+        >>> a = torch.rand(2)
+        >>> set_rng_state(state)
+        >>> torch.equal(a, torch.rand(2))
+        True
+    """
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    np = _numpy()
+    if np is not None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+        state["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore generator states saved by :func:`get_rng_state`.
+
+    Entries that are absent are left alone; CUDA states are restored only when the number of
+    visible devices matches (a run resumed on other hardware keeps its fresh CUDA states).
+
+    Raises:
+        TypeError: If ``state`` is not a mapping.
+        ValueError: If an entry has the wrong form; nothing is restored then.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping from get_rng_state(), got {type(state).__name__}")
+    py = state.get("python")
+    if py is not None and not isinstance(py, tuple):
+        raise ValueError(f"state['python'] must be a tuple from random.getstate(), got {py!r}")
+    cpu = state.get("torch")
+    if cpu is not None and not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8):
+        raise ValueError(f"state['torch'] must be a uint8 tensor, got {type(cpu).__name__}")
+    nps = state.get("numpy")
+    if nps is not None and not (isinstance(nps, Mapping) and {"kind", "keys", "pos"} <= set(nps)):
+        raise ValueError(f"state['numpy'] must hold 'kind', 'keys' and 'pos', got {nps!r}")
+    if py is not None:
+        random.setstate(py)
+    if cpu is not None:
+        torch.set_rng_state(cpu)
+    np = _numpy()
+    if nps is not None and np is not None:
+        keys = nps["keys"].numpy().astype(np.uint32)
+        np_state = (nps["kind"], keys, nps["pos"], nps.get("has_gauss", 0), nps.get("gauss", 0.0))
+        np.random.set_state(np_state)
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file, ``fsync``, ``os.replace``.
+
+    If anything fails (or the process dies) before the rename, the previous file at ``path`` is
+    untouched and still loadable; the temporary file is removed on exceptions. The parent
+    directory is created if needed.
+
+    Args:
+        state: What to save with ``torch.save`` (e.g. model/optimiser state_dicts, the epoch).
+        path: Destination file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: If ``state`` is not a mapping.
+        OSError: If the file cannot be written (the previous file is kept).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "ckpt.pth"
+        >>> _ = save_checkpoint({"epoch": 3}, target)
+        >>> load_checkpoint(target)["epoch"]
+        3
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; checkpoints are usually shared
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(target.parent)
+    return target
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Args:
+        path: The checkpoint file.
+        map_location: Where to put the tensors.
+
+    Returns:
+        The saved mapping.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is truncated, corrupt or does not hold a mapping.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint {str(source)!r} does not exist")
+    try:
+        loaded = torch.load(source, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"checkpoint {str(source)!r} is not readable: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ValueError(f"checkpoint {str(source)!r} must hold a dict, got {type(loaded)}")
+    return loaded
+
+
+def find_resume_checkpoint(
+    resume: str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str] | None,
+    filename: str = "checkpoint.pth",
+) -> Path | None:
+    """The checkpoint a run should resume from, or ``None`` for a fresh start.
+
+    An explicit ``resume`` path wins (and must exist); otherwise ``output_dir / filename`` is
+    used when it exists, so re-running the same command continues an interrupted run.
+
+    Raises:
+        FileNotFoundError: If ``resume`` is given but does not exist.
+
+    Example:
+        >>> find_resume_checkpoint(None, None) is None
+        True
+    """
+    if resume is not None and str(resume) != "":
+        explicit = Path(resume)
+        if not explicit.is_file():
+            raise FileNotFoundError(f"resume checkpoint {str(explicit)!r} does not exist")
+        return explicit
+    if output_dir is not None:
+        candidate = Path(output_dir) / filename
+        if candidate.is_file():
+            return candidate
+    return None

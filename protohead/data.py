@@ -1,0 +1,374 @@
+"""Training datasets: built-in small datasets by name, or an ImageFolder ``train/`` + ``val/``.
+
+The t-ReX recipe (Sariyildiz et al., ICLR 2023) trains on ImageNet-1K in the ImageFolder layout;
+the same code runs on Fashion-MNIST, CIFAR-10/100 or torchvision's ``FakeData`` for quick runs.
+Unreadable image files either raise :class:`UnreadableImageError` naming the file, or, with
+``skip_bad_images=True``, are dropped from their batch by :class:`SkipBadCollate`, which counts
+them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+
+from protohead.evaluation.errors import DatasetUnavailableError
+from protohead.evaluation.fashion_mnist import FashionMNIST
+from protohead.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DATASETS",
+    "CheckedImageFolder",
+    "DatasetInfo",
+    "SkipBadCollate",
+    "SkippedSample",
+    "TrainValData",
+    "UnreadableImageError",
+    "build_datasets",
+    "dataset_info",
+    "uint8_collate",
+    "with_transform",
+]
+
+Transform = Callable[[Any], Any]
+# PIL reports undecodable files with these (UnidentifiedImageError and truncation are OSErrors,
+# some broken PNG/GIF headers raise SyntaxError, huge images DecompressionBombError).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset.
+
+    Attributes:
+        num_classes: Number of classes, or ``None`` when read from the folders.
+        image_size: Native square image side in pixels, or ``None`` for variable sizes.
+        mean: Per-channel normalisation mean (RGB).
+        std: Per-channel normalisation std (RGB).
+    """
+
+    num_classes: int | None
+    image_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(10, 28, (0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530)),
+    "cifar10": DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fake": DatasetInfo(10, None, IMAGENET_MEAN, IMAGENET_STD),
+}
+"""Built-in datasets by name."""
+
+_FOLDER_INFO = DatasetInfo(None, None, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dataset_info(name: str | None) -> DatasetInfo:
+    """Facts about a built-in dataset, or ImageNet-style defaults for ``None`` (a folder).
+
+    Raises:
+        ValueError: If ``name`` is not a built-in dataset.
+
+    Example:
+        >>> dataset_info("cifar10").image_size, dataset_info(None).num_classes
+        (32, None)
+    """
+    if name is None:
+        return _FOLDER_INFO
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    return DATASETS[name]
+
+
+class UnreadableImageError(OSError):
+    """An image file could not be decoded; ``path`` names it.
+
+    Example:
+        >>> UnreadableImageError("a/b.jpg", "truncated").path
+        'a/b.jpg'
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"cannot read image file {path!r}: {reason}; remove or replace the file, or skip "
+            "unreadable images (skip_bad_images=True, --skip-bad-images in the training script)"
+        )
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Placeholder returned for an unreadable image when skipping; dropped when collating."""
+
+    path: str
+    reason: str
+
+
+class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
+    """``torchvision.datasets.ImageFolder`` that names the file when an image cannot be read.
+
+    Decoding errors raise :class:`UnreadableImageError` or, with ``skip_bad_images=True``,
+    return a :class:`SkippedSample` that :class:`SkipBadCollate` drops and counts. Errors raised
+    by ``transform`` itself are not caught.
+
+    Args:
+        root: Directory with one sub-directory per class.
+        transform: Applied to the decoded RGB ``PIL.Image``.
+        skip_bad_images: Return :class:`SkippedSample` instead of raising.
+
+    Raises:
+        FileNotFoundError: If ``root`` is missing or holds no class folder with images.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Transform | None = None,
+        *,
+        skip_bad_images: bool = False,
+    ) -> None:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+        super().__init__(str(root), transform=transform)
+        self.skip_bad_images = bool(skip_bad_images)
+
+    def __getitem__(self, index: int) -> Any:
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except _DECODE_ERRORS as err:
+            if self.skip_bad_images:
+                return SkippedSample(path, f"{type(err).__name__}: {err}")
+            raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+        sample = self.transform(image) if self.transform is not None else image
+        return sample, target
+
+
+class SkipBadCollate:
+    """Collate function that drops :class:`SkippedSample` entries and counts them.
+
+    Returns ``(inputs, labels, num_skipped)``, where ``(inputs, labels)`` is what ``collate_fn``
+    makes of the readable samples. Picklable, so it works in DataLoader workers.
+
+    Args:
+        collate_fn: Collate function for the readable samples, e.g.
+            :func:`~protohead.multicrop_collate`.
+
+    Raises:
+        UnreadableImageError: From ``__call__``, if every sample of a batch was unreadable.
+
+    Example:
+        >>> from protohead import multicrop_collate
+        >>> collate = SkipBadCollate(multicrop_collate)
+        >>> batch = [([torch.zeros(3, 4, 4)], 1), SkippedSample("x.jpg", "broken")]
+        >>> crops, labels, skipped = collate(batch)
+        >>> tuple(crops[0].shape), labels.tolist(), skipped
+        ((1, 3, 4, 4), [1], 1)
+    """
+
+    def __init__(self, collate_fn: Callable[[Sequence[Any]], Any]) -> None:
+        if not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch: Sequence[Any]) -> tuple[Any, Any, int]:
+        good = [s for s in batch if not isinstance(s, SkippedSample)]
+        skipped = len(batch) - len(good)
+        if not good:
+            first = batch[0]
+            path = first.path if isinstance(first, SkippedSample) else "?"
+            raise UnreadableImageError(path, f"all {len(batch)} images of a batch are unreadable")
+        inputs, labels = self.collate_fn(good)
+        return inputs, labels, skipped
+
+
+def uint8_collate(batch: Sequence[tuple[Tensor, int]]) -> tuple[Tensor | list[Tensor], Tensor]:
+    """Collate uint8 ``(c, h, w)`` images for an on-device augmenter such as ``GPUMultiCrop``.
+
+    Same-size images are stacked into ``(b, c, h, w)``; otherwise the list is kept (the
+    augmenter pads it). Labels become an int64 ``(b,)`` tensor.
+
+    Raises:
+        ValueError: If the batch is empty.
+
+    Example:
+        >>> images, labels = uint8_collate([(torch.zeros(3, 2, 2, dtype=torch.uint8), 4)] * 2)
+        >>> tuple(images.shape), labels.tolist()
+        ((2, 3, 2, 2), [4, 4])
+    """
+    if len(batch) == 0:
+        raise ValueError("batch must contain at least one sample, got an empty batch")
+    images = [image for image, _ in batch]
+    labels = torch.tensor([int(label) for _, label in batch], dtype=torch.int64)
+    if all(image.shape == images[0].shape for image in images):
+        return torch.stack(images), labels
+    return images, labels
+
+
+def with_transform(dataset: Dataset[Any], transform: Transform | None) -> Dataset[Any]:
+    """A shallow copy of a torchvision-style dataset that applies ``transform`` instead.
+
+    Works for datasets that apply ``self.transform`` in ``__getitem__`` (ImageFolder, CIFAR,
+    FakeData, :class:`~protohead.evaluation.FashionMNIST`); the file list or image array is
+    shared, not copied, and ``dataset`` itself is not modified.
+
+    Raises:
+        TypeError: If ``dataset`` has no ``transform`` attribute.
+
+    Example:
+        >>> data = build_datasets("fake", fake_sizes=(2, 1), fake_image_size=4)
+        >>> sized = with_transform(data.train, lambda image: image.size)
+        >>> sized[0][0], data.train.transform is None
+        ((4, 4), True)
+    """
+    if not hasattr(dataset, "transform"):
+        raise TypeError(f"dataset must have a transform attribute, got {type(dataset).__name__}")
+    clone = copy.copy(dataset)
+    clone.transform = transform  # type: ignore[attr-defined]
+    if hasattr(clone, "transforms") and getattr(clone, "target_transform", None) is None:
+        # torchvision's VisionDataset keeps a combined StandardTransform as well.
+        clone.transforms = tv_datasets.vision.StandardTransform(transform, None)
+    return clone
+
+
+@dataclass(frozen=True)
+class TrainValData:
+    """The datasets of one run.
+
+    Attributes:
+        train: Training set; items are ``(transformed image, label)``.
+        val: Validation set (the test split for built-in datasets).
+        num_classes: Number of classes.
+    """
+
+    train: Dataset[Any]
+    val: Dataset[Any]
+    num_classes: int
+
+
+def _download_error(name: str, root: str, err: Exception) -> DatasetUnavailableError:
+    return DatasetUnavailableError(
+        f"{name}: could not load or download the data into {root!r} ({err}); download it "
+        "where internet is available and pass its directory as the root (--data-root)"
+    )
+
+
+def build_datasets(
+    name: str | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    train_transform: Transform | None = None,
+    val_transform: Transform | None = None,
+    skip_bad_images: bool = False,
+    download: bool = True,
+    fake_sizes: tuple[int, int] = (256, 64),
+    fake_image_size: int = 32,
+) -> TrainValData:
+    """Build the training and validation sets of a built-in dataset or an ImageFolder tree.
+
+    Args:
+        name: ``"fashion-mnist"`` (the Debian package ``dataset-fashion-mnist`` if installed,
+            else a torchvision download), ``"cifar10"``, ``"cifar100"`` (torchvision download)
+            or ``"fake"`` (``torchvision.datasets.FakeData``); ``None`` reads ``data_dir``.
+        data_dir: With ``name=None``: a directory with ImageFolder ``train/`` and ``val/``
+            (the ImageNet layout).
+        root: Where built-in datasets are looked for / downloaded; default: Fashion-MNIST's
+            Debian directory, then ``./data``.
+        train_transform: Applied to each training image (e.g. a multi-crop transform).
+        val_transform: Applied to each validation image.
+        skip_bad_images: For folders: unreadable files become :class:`SkippedSample`.
+        download: Allow torchvision downloads.
+        fake_sizes: ``(train, val)`` sizes of ``"fake"``, each >= 1.
+        fake_image_size: Side of the ``"fake"`` images, >= 1.
+
+    Returns:
+        The two datasets and the number of classes.
+
+    Raises:
+        ValueError: If both or neither of ``name`` and ``data_dir`` are given, or a size is bad.
+        FileNotFoundError: If ``data_dir`` lacks ``train/`` or ``val/``; as
+            :class:`~protohead.evaluation.DatasetUnavailableError` if a built-in dataset is
+            neither on disk nor downloadable (the message says how to get it).
+
+    Example:
+        >>> data = build_datasets("fake", fake_sizes=(8, 4), fake_image_size=16)
+        >>> len(data.train), len(data.val), data.num_classes
+        (8, 4, 10)
+    """
+    if (name is None) == (data_dir is None):
+        raise ValueError(
+            f"exactly one of name and data_dir must be given, got name={name!r}, "
+            f"data_dir={data_dir!r}"
+        )
+    if data_dir is not None:
+        return _folder_datasets(Path(data_dir), train_transform, val_transform, skip_bad_images)
+    info = dataset_info(name)
+    if name == "fake":
+        return _fake_datasets(fake_sizes, fake_image_size, train_transform, val_transform)
+    if name == "fashion-mnist":
+        train = FashionMNIST(root, train=True, transform=train_transform, download=download)
+        val = FashionMNIST(root, train=False, transform=val_transform, download=download)
+        return TrainValData(train, val, 10)
+    target = str(root) if root is not None else "data"
+    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    try:
+        train = cls(target, train=True, transform=train_transform, download=download)
+        val = cls(target, train=False, transform=val_transform, download=download)
+    except (OSError, RuntimeError) as err:
+        raise _download_error(str(name), target, err) from err
+    return TrainValData(train, val, int(info.num_classes or 0))
+
+
+def _folder_datasets(
+    data_dir: Path,
+    train_transform: Transform | None,
+    val_transform: Transform | None,
+    skip_bad_images: bool,
+) -> TrainValData:
+    for split in ("train", "val"):
+        if not (data_dir / split).is_dir():
+            raise FileNotFoundError(
+                f"data_dir must hold ImageFolder directories train/ and val/ (one sub-folder per "
+                f"class), got {str(data_dir)!r}, where {str(data_dir / split)!r} does not exist"
+            )
+    train = CheckedImageFolder(data_dir / "train", train_transform, skip_bad_images=skip_bad_images)
+    val = CheckedImageFolder(data_dir / "val", val_transform, skip_bad_images=skip_bad_images)
+    if val.classes != train.classes:
+        raise ValueError(
+            f"data_dir train/ and val/ must have the same class folders, got {len(train.classes)} "
+            f"and {len(val.classes)} classes ({sorted(set(train.classes) ^ set(val.classes))[:5]} "
+            "differ)"
+        )
+    return TrainValData(train, val, len(train.classes))
+
+
+def _fake_datasets(
+    sizes: tuple[int, int],
+    image_size: int,
+    train_transform: Transform | None,
+    val_transform: Transform | None,
+) -> TrainValData:
+    if len(sizes) != 2 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+    ):
+        raise ValueError(f"fake_sizes must be two ints >= 1, got {sizes!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"fake_image_size must be an int >= 1, got {image_size!r}")
+    shape = (3, image_size, image_size)
+    train = tv_datasets.FakeData(sizes[0], shape, 10, transform=train_transform)
+    # A different offset gives the validation set different images.
+    val = tv_datasets.FakeData(sizes[1], shape, 10, transform=val_transform, random_offset=sizes[0])
+    return TrainValData(train, val, 10)

@@ -84,7 +84,9 @@ def test_lr_at_is_bounded_and_monotone_in_each_phase(total, warmup_frac, base):
     lrs = [lr_at(s, base_lr=base, total_steps=total, warmup_steps=warmup) for s in range(total + 2)]
     assert all(0.0 <= lr <= base * (1 + 1e-12) for lr in lrs)
     pairs = list(itertools.pairwise(lrs))
-    assert all(a <= b + 1e-12 for a, b in pairs[:warmup])
+    # Rising inside the warm-up; the step into the cosine may go either way (to the peak, or
+    # straight to the floor when the warm-up fills the whole schedule); falling after it.
+    assert all(a <= b + 1e-12 for a, b in pairs[: max(warmup - 1, 0)])
     assert all(a >= b - 1e-12 for a, b in pairs[warmup:])
 
 

@@ -31,8 +31,10 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # One torch thread per xdist worker: oversubscribing 2 cores made the suite ~4x slower.
+# pytest's exit code 5 (nothing collected) is not a failure.
 test: lint typecheck docs
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py

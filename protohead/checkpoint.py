@@ -77,6 +77,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     Raises:
         TypeError: If ``state`` is not a mapping.
         ValueError: If an entry has the wrong form; nothing is restored then.
+
+    Example:
+        >>> state = get_rng_state()
+        >>> first = torch.randint(0, 1000, (3,))
+        >>> set_rng_state(state)
+        >>> torch.equal(first, torch.randint(0, 1000, (3,)))
+        True
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping from get_rng_state(), got {type(state).__name__}")
@@ -173,6 +180,13 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is truncated, corrupt or does not hold a mapping.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "ckpt.pth"
+        >>> _ = save_checkpoint({"weights": torch.ones(2)}, target)
+        >>> load_checkpoint(target)["weights"]
+        tensor([1., 1.])
     """
     source = Path(path)
     if not source.is_file():

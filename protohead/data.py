@@ -55,6 +55,11 @@ class DatasetInfo:
         image_size: Native square image side in pixels, or ``None`` for variable sizes.
         mean: Per-channel normalisation mean (RGB).
         std: Per-channel normalisation std (RGB).
+
+    Example:
+        >>> info = dataset_info("cifar10")
+        >>> info.num_classes, info.image_size
+        (10, 32)
     """
 
     num_classes: int | None
@@ -110,7 +115,12 @@ class UnreadableImageError(OSError):
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """Placeholder returned for an unreadable image when skipping; dropped when collating."""
+    """Placeholder returned for an unreadable image when skipping; dropped when collating.
+
+    Example:
+        >>> SkippedSample("train/cat/broken.jpg", "cannot identify image file").path
+        'train/cat/broken.jpg'
+    """
 
     path: str
     reason: str
@@ -130,6 +140,17 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
 
     Raises:
         FileNotFoundError: If ``root`` is missing or holds no class folder with images.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "cat").mkdir()
+        >>> Image.new("RGB", (8, 8)).save(root / "cat" / "ok.png")
+        >>> _ = (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+        >>> folder = CheckedImageFolder(str(root), skip_bad_images=True)
+        >>> sorted(type(folder[i]).__name__ for i in range(len(folder)))  # (image, label) or skip
+        ['SkippedSample', 'tuple']
     """
 
     def __init__(
@@ -251,6 +272,13 @@ class TrainValData:
         train: Training set; items are ``(transformed image, label)``.
         val: Validation set (the test split for built-in datasets).
         num_classes: Number of classes.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> train, val = TensorDataset(torch.zeros(4, 1)), TensorDataset(torch.zeros(2, 1))
+        >>> data = TrainValData(train, val, num_classes=3)
+        >>> len(data.train), len(data.val), data.num_classes
+        (4, 2, 3)
     """
 
     train: Dataset[Any]

@@ -40,6 +40,11 @@ class DistributedInfo:
         world_size: Number of processes, >= 1.
         local_rank: Rank on this node (the GPU index to use).
         device: The device this process trains on.
+
+    Example:
+        >>> info = init_distributed("cpu", env={})  # not launched by torchrun
+        >>> (info.rank, info.world_size, info.local_rank, info.device)
+        (0, 1, 0, device(type='cpu'))
     """
 
     rank: int
@@ -120,13 +125,21 @@ def init_distributed(
 
 
 def cleanup_distributed() -> None:
-    """Destroy the default process group if one exists."""
+    """Destroy the default process group if one exists.
+
+    Example:
+        >>> cleanup_distributed()  # safe without a process group
+    """
     if is_dist_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    """Wait for every process (no-op without a process group)."""
+    """Wait for every process (no-op without a process group).
+
+    Example:
+        >>> barrier()  # returns at once in a single process
+    """
     if is_dist_initialized() and get_world_size() > 1:
         dist.barrier()
 

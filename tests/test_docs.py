@@ -45,17 +45,7 @@ DIRECTIVE = re.compile(r"^:::[ \t]+([\w.]+)[ \t]*$", flags=re.MULTILINE)
 # Documented classes/functions whose docstring still lacks an ``Example:`` doctest (other
 # engineers' modules, in progress). They are xfailed, not strict, so adding an example never
 # breaks the suite; once the modules settle, make the mark strict and empty this set.
-KNOWN_EXAMPLE_GAPS = {
-    "protohead.checkpoint.load_checkpoint",
-    "protohead.checkpoint.set_rng_state",
-    "protohead.data.CheckedImageFolder",
-    "protohead.data.DatasetInfo",
-    "protohead.data.SkippedSample",
-    "protohead.data.TrainValData",
-    "protohead.launch.DistributedInfo",
-    "protohead.launch.barrier",
-    "protohead.launch.cleanup_distributed",
-}
+KNOWN_EXAMPLE_GAPS: set[str] = set()
 
 
 def _snippets() -> list[tuple[str, str]]:

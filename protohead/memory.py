@@ -170,9 +170,10 @@ class PrototypeMemoryBank(nn.Module):
         """
         sums = self._class_sums[: self.num_classes]
         # The mean and the sum point the same way, so normalising the sum skips a division.
-        protos = F.normalize(sums, dim=1)
+        # Masking by presence zeroes classes whose sum kept a rounding residue after their last
+        # entry left; a multiply is cheaper than a select with a materialised zero tensor.
         present = (self.class_counts > 0).unsqueeze(1)
-        return torch.where(present, protos, torch.zeros_like(protos)).float()
+        return F.normalize(sums, dim=1).float() * present
 
     @torch.no_grad()
     def entries(self) -> tuple[Tensor, Tensor]:
@@ -268,8 +269,12 @@ class PrototypeMemoryBank(nn.Module):
             labels = torch.where(valid, labels, self.labels[slots])
             self.num_skipped_updates.add_(1 - weight)
 
-        self._class_sums.index_add_(0, old_buckets, old_feats * (-weight))
-        self._class_sums.index_add_(0, new_buckets, new_feats * weight)
+        if mode == "raise":  # valid: no gating multiplies needed
+            self._class_sums.index_add_(0, old_buckets, old_feats, alpha=-1)
+            self._class_sums.index_add_(0, new_buckets, new_feats)
+        else:
+            self._class_sums.index_add_(0, old_buckets, old_feats * (-weight))
+            self._class_sums.index_add_(0, new_buckets, new_feats * weight)
         ones = weight.expand(rows)
         self._class_counts.index_add_(0, old_buckets, -ones)
         self._class_counts.index_add_(0, new_buckets, ones)

@@ -105,7 +105,7 @@ def main() -> None:
         multi = [c.contiguous(memory_format=fmt) for c in [global_crop, *local_crops]]
         single = [multi[0]]
         rows: list[tuple[str, list[torch.Tensor], str, dict[str, Any]]] = [
-            ("baseline 1x224", single, "baseline", {}),
+            (f"baseline 1x{global_size}", single, "baseline", {}),
             ("baseline multi-crop", multi, "baseline", {}),
             ("trex", multi, "trex", {}),
             ("trex-star", multi, "trex-star", {}),
@@ -124,7 +124,7 @@ def main() -> None:
             seconds = _time(_step_fn(model, crops, labels, dtype), steps, warmup, device)
             if label == "baseline multi-crop":
                 reference = seconds
-            ratio = f"{seconds / reference:.3f}x" if reference and label != "baseline 1x224" else ""
+            ratio = f"{seconds / reference:.3f}x" if reference and label != rows[0][0] else ""
             print(
                 f"{label:<22} {batch:>5} {1e3 * seconds:>9.1f} {batch / seconds:>8.0f} {ratio:>23}"
             )

@@ -5,6 +5,7 @@ alike. Prints a markdown table.
 
     python benchmarks/bench_core.py            # full sizes from the issue
     python benchmarks/bench_core.py --quick    # small smoke run
+    python benchmarks/bench_core.py --device cuda --drift-updates 0   # on a GPU
 """
 
 from __future__ import annotations
@@ -20,15 +21,24 @@ import torchvision
 
 from protohead import EMATeacher, PrototypeMemoryBank
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
 
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in seconds."""
+    """Median wall time of ``fn`` in seconds (device work included)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -37,29 +47,29 @@ class NaiveMemory:
     """The straightforward OCM: overwrite the ring, then re-reduce it every step."""
 
     def __init__(self, dim: int, size: int, num_classes: int) -> None:
-        self.features = torch.randn(size, dim)
-        self.labels = torch.randint(0, num_classes, (size,))
+        self.features = torch.randn(size, dim, device=DEVICE)
+        self.labels = torch.randint(0, num_classes, (size,), device=DEVICE)
         self.num_classes, self.size, self.ptr = num_classes, size, 0
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        idx = (self.ptr + torch.arange(features.shape[0])) % self.size
+        idx = (self.ptr + torch.arange(features.shape[0], device=DEVICE)) % self.size
         self.features[idx] = features
         self.labels[idx] = labels
         self.ptr = (self.ptr + features.shape[0]) % self.size
 
     @torch.no_grad()
     def prototypes(self) -> torch.Tensor:
-        sums = torch.zeros(self.num_classes, self.features.shape[1])
+        sums = torch.zeros(self.num_classes, self.features.shape[1], device=DEVICE)
         sums.index_add_(0, self.labels, self.features)
         return F.normalize(sums, dim=1)
 
 
 def bench_memory(size: int, num_classes: int, dim: int, batch: int, repeats: int) -> list[str]:
-    ours = PrototypeMemoryBank(dim, size, num_classes)
+    ours = PrototypeMemoryBank(dim, size, num_classes).to(DEVICE)
     naive = NaiveMemory(dim, size, num_classes)
-    feats = torch.randn(batch, dim)
-    labels = torch.randint(0, num_classes, (batch,))
+    feats = torch.randn(batch, dim, device=DEVICE)
+    labels = torch.randint(0, num_classes, (batch,), device=DEVICE)
 
     def step_ours() -> None:
         ours.prototypes()
@@ -82,7 +92,7 @@ def bench_memory(size: int, num_classes: int, dim: int, batch: int, repeats: int
 
 
 def bench_ema(repeats: int, arch: str) -> list[str]:
-    student = torchvision.models.get_model(arch)
+    student = torchvision.models.get_model(arch).to(DEVICE)
     ours = EMATeacher(student, momentum=0.999)
     naive_teacher = [p.detach().clone() for p in student.parameters()]
     momentum = 0.999
@@ -123,10 +133,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument(
         "--drift-updates", type=int, default=None, help="updates for the drift check"
     )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -137,10 +150,14 @@ def main() -> None:
     else:
         rows += bench_memory(65536, 1000, 256, 256, repeats=20)
         rows += bench_ema(repeats=10, arch="resnet50")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}\n")
     print("\n".join(rows))
-    updates = args.drift_updates or (10_000 if args.quick else 1_000_000)
-    print("\n" + drift(updates))
+    updates = args.drift_updates
+    if updates is None:
+        updates = 10_000 if args.quick else 1_000_000
+    if updates:
+        print("\n" + drift(updates))
 
 
 if __name__ == "__main__":

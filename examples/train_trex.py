@@ -183,6 +183,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "only decode; much faster, crops differ from PIL's within small tolerances",
     )
     data.add_argument(
+        "--gpu-aug-fuse",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="with --gpu-aug, compile the augmenter's colour ops into fused kernels "
+        "(GPUMultiCrop(fuse=True)); auto: on for CUDA (first batches compile), off elsewhere",
+    )
+    data.add_argument(
         "--val-crop-size",
         type=int,
         default=None,
@@ -670,8 +677,12 @@ def _build_gpu_aug(
         from protohead.gpu_multicrop import GPUMultiCrop
     except ImportError as err:
         raise SystemExit(f"--gpu-aug needs protohead.gpu_multicrop ({err})") from err
+    fuse = args.gpu_aug_fuse == "on" or (args.gpu_aug_fuse == "auto" and device.type == "cuda")
     aug: nn.Module = GPUMultiCrop.from_transform(
-        multicrop, output_dtype=dtype or torch.float32, channels_last=args.channels_last
+        multicrop,
+        output_dtype=dtype or torch.float32,
+        channels_last=args.channels_last,
+        fuse=fuse,
     )
     return aug.to(device)
 

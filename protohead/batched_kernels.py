@@ -16,7 +16,6 @@ Arguments are not checked here; see :mod:`protohead.batched_ops` for the checked
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -45,7 +44,7 @@ ANTIALIAS_FROM = 1.5
 _LUMA = (0.2989, 0.587, 0.114)
 # HSV -> RGB: channel = v - c * clamp(2 - circular distance(6h, centre), 0, 1) on a circle of 6,
 # the same piecewise-linear function as torchvision's sector table (r, g, b centres 3, 5, 1).
-_HUE_CENTRES = (3.0, 5.0, 1.0)
+_HUE_CENTRES = (3.0, 5.0, 1.0)  # = (2 * i + 3) % 6 for i = 0, 1, 2
 
 
 def compacts(device: torch.device) -> bool:
@@ -81,9 +80,11 @@ def blend_(x: Tensor, scale: Tensor, gray_weight: Tensor, mean_weight: Tensor | 
     return x.clamp_(0.0, 1.0)
 
 
-@functools.lru_cache(maxsize=8)
 def _hue_centres(dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(_HUE_CENTRES, dtype=dtype, device=device).view(1, 3, 1, 1)
+    """``(1, 3, 1, 1)`` tensor of ``_HUE_CENTRES``, built on the device: a host tensor would
+    cost a copy per call, and a cache would hide a constant from ``torch.compile``."""
+    centres = torch.arange(3, dtype=dtype, device=device).mul_(2.0).add_(3.0).remainder_(6.0)
+    return centres.view(1, 3, 1, 1)
 
 
 def hue_rotate(x: Tensor, factor: Tensor, out: Tensor | None = None) -> Tensor:
@@ -203,13 +204,17 @@ def blur_taps(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     return torch.where(apply[:, None], w, impulse)
 
 
-def blur_separable(x: Tensor, weights: Tensor) -> Tensor:
+def blur_separable(x: Tensor, weights: Tensor, shift: bool | None = None) -> Tensor:
     """Separable blur with per-sample taps ``(n, k)`` and reflect padding (as torchvision).
 
-    Shift-and-add on the CPU, where it beats a depthwise convolution several times over at
-    these sizes; a grouped convolution (one kernel per sample and channel) elsewhere.
+    Shift-and-add (``shift=True``; the default on the CPU, where it beats a depthwise
+    convolution several times over at these sizes, and the form ``torch.compile`` fuses into
+    one kernel per axis) or a grouped convolution, one kernel per sample and channel
+    (``shift=False``; the eager default elsewhere).
     """
-    if x.device.type == "cpu":
+    if shift is None:
+        shift = x.device.type == "cpu"
+    if shift:
         return _blur_shift(x, weights)
     return _blur_conv(x, weights)
 
@@ -289,11 +294,11 @@ def flip_some(x: Tensor, mask: Tensor) -> Tensor:
     return _on_some(x, mask, lambda y: y.flip(-1), lambda y, m: torch.where(m, y.flip(-1), y))
 
 
-def blur_some(x: Tensor, taps: Tensor, mask: Tensor) -> Tensor:
+def blur_some(x: Tensor, taps: Tensor, mask: Tensor, shift: bool | None = None) -> Tensor:
     """:func:`blur_separable` on the samples where ``mask`` (taps are an impulse elsewhere)."""
     index = _selected(mask)
     if index is None:
-        return blur_separable(x, taps)
+        return blur_separable(x, taps, shift)
     if index.numel() > 0:
         x.index_copy_(0, index, blur_separable(x.index_select(0, index), taps[index]))
     return x

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from protohead import PrototypeMemoryBank, TReX
+from protohead.multicrop_params import CropParams, MultiCropParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -62,3 +65,42 @@ def test_memory_matches_cpu_reference():
         cpu.update(f, lab)
         gpu.update(f.cuda(), lab.cuda())
     torch.testing.assert_close(gpu.prototypes().cpu(), cpu.prototypes(), atol=1e-5, rtol=0)
+
+
+def test_gpu_multicrop_on_cuda_matches_the_cpu_render():
+    from protohead.gpu_multicrop import GPUMultiCrop
+
+    kwargs = {"num_local_crops": 3, "global_crop_size": 64, "local_crop_size": 32}
+    images = torch.randint(0, 256, (6, 3, 80, 96), dtype=torch.uint8)
+    aug = GPUMultiCrop(**kwargs, global_solarize_p=0.5)
+    params = aug.sample_params(torch.tensor([[80, 96]] * 6), torch.Generator().manual_seed(0))
+    cpu = aug.render(images, params)
+    cuda_params = MultiCropParams(
+        *(
+            CropParams(**{f.name: getattr(p, f.name).cuda() for f in dataclasses.fields(p)})
+            for p in (params.global_crops, params.local_crops)
+        )
+    )
+    gpu = aug.cuda().render(images.cuda(), cuda_params)
+    for a, b in zip(cpu, gpu, strict=True):
+        torch.testing.assert_close(b.cpu(), a, atol=1e-3, rtol=0)
+
+
+def test_fused_gpu_multicrop_matches_eager_and_never_syncs():
+    from protohead.gpu_multicrop import GPUMultiCrop
+
+    kwargs = {"num_local_crops": 3, "global_crop_size": 64, "local_crop_size": 32}
+    images = torch.randint(0, 256, (6, 3, 80, 96), dtype=torch.uint8, device="cuda")
+    eager = GPUMultiCrop(**kwargs, global_solarize_p=0.5).cuda()
+    fused = GPUMultiCrop(**kwargs, global_solarize_p=0.5, fuse=True).cuda()
+    params = eager.sample_params(
+        torch.tensor([[80, 96]] * 6, device="cuda"), torch.Generator("cuda").manual_seed(0)
+    )
+    for a, b in zip(eager.render(images, params), fused.render(images, params), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused(images, generator=torch.Generator("cuda").manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -56,6 +56,7 @@ from protohead.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from protohead.class_subset import parse_classes
 from protohead.data import (
     DATASETS,
     SkipBadCollate,
@@ -156,6 +157,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="where built-in datasets are read/downloaded (default: Debian dir, then ./data)",
+    )
+    data.add_argument(
+        "--classes",
+        type=parse_classes,
+        default=None,
+        help="train on these class ids only, relabelled 0..k-1, e.g. 0-4 (the seen half of a "
+        "concept-generalisation split; see examples/eval_demo.py)",
     )
     data.add_argument(
         "--skip-bad-images",
@@ -612,6 +620,7 @@ def _loaders(args: argparse.Namespace, preset: Any, info: DistributedInfo) -> _L
         skip_bad_images=args.skip_bad_images,
         fake_sizes=tuple(args.fake_size),
         fake_image_size=args.fake_image_size,
+        classes=args.classes,
     )
     inner = DistributedSampler(
         data.train,

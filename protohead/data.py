@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from protohead.class_subset import ClassSubset
 from protohead.evaluation.errors import DatasetUnavailableError
 from protohead.evaluation.fashion_mnist import FashionMNIST
 from protohead.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -254,6 +255,8 @@ def with_transform(dataset: Dataset[Any], transform: Transform | None) -> Datase
         >>> sized[0][0], data.train.transform is None
         ((4, 4), True)
     """
+    if isinstance(dataset, ClassSubset):
+        return dataset.with_dataset(with_transform(dataset.dataset, transform))
     if not hasattr(dataset, "transform"):
         raise TypeError(f"dataset must have a transform attribute, got {type(dataset).__name__}")
     clone = copy.copy(dataset)
@@ -304,6 +307,7 @@ def build_datasets(
     download: bool = True,
     fake_sizes: tuple[int, int] = (256, 64),
     fake_image_size: int = 32,
+    classes: Sequence[int] | None = None,
 ) -> TrainValData:
     """Build the training and validation sets of a built-in dataset or an ImageFolder tree.
 
@@ -321,6 +325,9 @@ def build_datasets(
         download: Allow torchvision downloads.
         fake_sizes: ``(train, val)`` sizes of ``"fake"``, each >= 1.
         fake_image_size: Side of the ``"fake"`` images, >= 1.
+        classes: Optional class ids to keep in both sets, relabelled ``0..k-1`` in the given
+            order (:class:`~protohead.class_subset.ClassSubset`), e.g. ``(0, 1, 2, 3, 4)`` to
+            pretrain on the seen half of a concept-generalisation split.
 
     Returns:
         The two datasets and the number of classes.
@@ -342,22 +349,29 @@ def build_datasets(
             f"data_dir={data_dir!r}"
         )
     if data_dir is not None:
-        return _folder_datasets(Path(data_dir), train_transform, val_transform, skip_bad_images)
-    info = dataset_info(name)
-    if name == "fake":
-        return _fake_datasets(fake_sizes, fake_image_size, train_transform, val_transform)
-    if name == "fashion-mnist":
-        train = FashionMNIST(root, train=True, transform=train_transform, download=download)
-        val = FashionMNIST(root, train=False, transform=val_transform, download=download)
-        return TrainValData(train, val, 10)
-    target = str(root) if root is not None else "data"
-    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
-    try:
-        train = cls(target, train=True, transform=train_transform, download=download)
-        val = cls(target, train=False, transform=val_transform, download=download)
-    except (OSError, RuntimeError) as err:
-        raise _download_error(str(name), target, err) from err
-    return TrainValData(train, val, int(info.num_classes or 0))
+        data = _folder_datasets(Path(data_dir), train_transform, val_transform, skip_bad_images)
+    elif name == "fake":
+        data = _fake_datasets(fake_sizes, fake_image_size, train_transform, val_transform)
+    elif name == "fashion-mnist":
+        # Subsets natively (no pass over the items); relabelled like ClassSubset.
+        kw: dict[str, Any] = {"download": download, "classes": classes}
+        train = FashionMNIST(root, train=True, transform=train_transform, **kw)
+        val = FashionMNIST(root, train=False, transform=val_transform, **kw)
+        return TrainValData(train, val, 10 if classes is None else len(classes))
+    else:
+        info = dataset_info(name)
+        target = str(root) if root is not None else "data"
+        cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+        try:
+            train = cls(target, train=True, transform=train_transform, download=download)
+            val = cls(target, train=False, transform=val_transform, download=download)
+        except (OSError, RuntimeError) as err:
+            raise _download_error(str(name), target, err) from err
+        data = TrainValData(train, val, int(info.num_classes or 0))
+    if classes is None:
+        return data
+    subset = ClassSubset(data.train, classes)
+    return TrainValData(subset, ClassSubset(data.val, classes), subset.num_classes)
 
 
 def _folder_datasets(

@@ -23,7 +23,11 @@ from protohead.evaluation.errors import DatasetUnavailableError
 from protohead.evaluation.fashion_mnist import FashionMNIST
 from protohead.evaluation.features import TransformConfig, cached_features, extract_features
 from protohead.evaluation.image_list import ImageListDataset
-from protohead.evaluation.loading import load_backbone, load_checkpoint_backbone
+from protohead.evaluation.loading import (
+    checkpoint_task_top1,
+    load_backbone,
+    load_checkpoint_backbone,
+)
 from protohead.evaluation.logreg import LogisticRegression
 from protohead.evaluation.metrics import LOG_ODDS_EPS, log_odds
 from protohead.evaluation.plot import plot_transfer
@@ -63,6 +67,7 @@ __all__ = [
     "TransformConfig",
     "build_dataset",
     "cached_features",
+    "checkpoint_task_top1",
     "extract_features",
     "format_table",
     "image_folder_pair",

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from protohead.class_subset import parse_classes
 from protohead.evaluation.cache import FeatureCache, model_checksum
 from protohead.evaluation.datasets import (
     DATASETS,
@@ -41,7 +42,11 @@ from protohead.evaluation.features import (
     TransformConfig,
     cached_features,
 )
-from protohead.evaluation.loading import load_backbone, load_checkpoint_backbone
+from protohead.evaluation.loading import (
+    checkpoint_task_top1,
+    load_backbone,
+    load_checkpoint_backbone,
+)
 from protohead.evaluation.report import (
     DatasetResult,
     TransferReport,
@@ -58,28 +63,6 @@ logger = logging.getLogger("protohead.evaluation")
 EXIT_MISSING = 3
 
 Transform = Callable[[Any], Any]
-
-
-def parse_classes(spec: str) -> tuple[int, ...]:
-    """Parse a class subset: ``"5-9"`` or ``"5,6,7"`` (also mixed, ``"0-2,7"``).
-
-    Raises:
-        ValueError: If the spec is empty, malformed or repeats a class.
-
-    Example:
-        >>> parse_classes("5-9"), parse_classes("0-1,7")
-        ((5, 6, 7, 8, 9), (0, 1, 7))
-    """
-    classes: list[int] = []
-    try:
-        for part in spec.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            classes += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-    except ValueError as err:
-        raise ValueError(f"classes must look like '5-9' or '5,6,7', got {spec!r}") from err
-    if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be non-empty and distinct, got {spec!r}")
-    return tuple(classes)
 
 
 def _default_cache_dir() -> str:
@@ -110,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--train-top1",
         type=float,
-        help="training-task top-1 in [0, 1], for the plot (default: a checkpoint's "
-        "args['train_top1'] if present)",
+        help="training-task top-1 in [0, 1], for the report and plot (default: read from "
+        "a --checkpoint, see checkpoint_task_top1)",
     )
 
     data = p.add_argument_group("datasets")
@@ -228,10 +211,8 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, str, float | None]
     if args.checkpoint is not None:
         if args.weights is not None or args.small_input_stem:
             raise ValueError("--weights and --small-input-stem go with --arch, not --checkpoint")
-        backbone, ckpt_args = load_checkpoint_backbone(args.checkpoint)
-        stored = ckpt_args.get("train_top1")
-        top1 = float(stored) if isinstance(stored, (int, float)) else None
-        return backbone, Path(args.checkpoint).stem, top1
+        backbone, _ = load_checkpoint_backbone(args.checkpoint)
+        return backbone, Path(args.checkpoint).stem, checkpoint_task_top1(args.checkpoint)
     if args.weights is None:
         logger.warning("no --weights given: evaluating a randomly initialised %s", args.arch)
     backbone = load_backbone(args.arch, args.weights, small_input_stem=args.small_input_stem)

@@ -19,7 +19,12 @@ from torch import nn
 
 from protohead.backbone import BackboneAdapter
 
-__all__ = ["BACKBONE_PREFIXES", "load_backbone", "load_checkpoint_backbone"]
+__all__ = [
+    "BACKBONE_PREFIXES",
+    "checkpoint_task_top1",
+    "load_backbone",
+    "load_checkpoint_backbone",
+]
 
 BACKBONE_PREFIXES = (
     "backbone.model.",
@@ -31,12 +36,42 @@ BACKBONE_PREFIXES = (
 (the EMA teacher's copy, ``teacher.module.backbone.model.``, is never used)."""
 
 
-def _load_file(path: str | os.PathLike[str]) -> Any:
+def _load_file(path: str | os.PathLike[str], mmap: bool = False) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     # weights_only keeps loading safe; Namespace is allowed for checkpoints storing argparse args.
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def checkpoint_task_top1(path: str | os.PathLike[str]) -> float | None:
+    """Training-task top-1, as a fraction, recorded in a protohead training checkpoint.
+
+    Read from ``metrics["val_top1"]`` (percent: the held-out accuracy on the training classes,
+    as ``examples/train_trex.py`` writes it at the end of every epoch), else from
+    ``args["train_top1"]`` (a fraction); ``None`` if neither is there. The tensors are
+    memory-mapped, not read.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.pth")
+        >>> torch.save({"model": {}, "args": {}, "metrics": {"val_top1": 91.5}}, path)
+        >>> checkpoint_task_top1(path)
+        0.915
+    """
+    checkpoint = _load_file(path, mmap=True)
+    if not isinstance(checkpoint, Mapping):
+        return None
+    metrics, args = checkpoint.get("metrics"), checkpoint.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    if isinstance(metrics, Mapping) and isinstance(metrics.get("val_top1"), (int, float)):
+        return float(metrics["val_top1"]) / 100.0
+    if isinstance(args, Mapping) and isinstance(args.get("train_top1"), (int, float)):
+        return float(args["train_top1"])
+    return None
 
 
 def _strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:

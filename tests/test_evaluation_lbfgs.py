@@ -78,3 +78,41 @@ def test_rejects_bad_options(kwargs: dict[str, float], match: str) -> None:
         lbfgs(rosenbrock, torch.zeros(2), **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"x0 must be a flat \(p,\) tensor, got shape \(2, 2\)"):
         lbfgs(rosenbrock, torch.zeros(2, 2))
+
+
+def test_line_model_path_reaches_the_same_minimum() -> None:
+    from protohead.evaluation.lbfgs import lbfgs
+
+    scale = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+    target = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    values: list[float] = []
+
+    def fun(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        r = x - target
+        return float((scale * r * r).sum()), 2 * scale * r
+
+    class QuadraticLine:
+        def __init__(self, x: torch.Tensor, d: torch.Tensor) -> None:
+            self.x, self.d = x, d
+
+        def value(self, t: float) -> tuple[float, float]:
+            f, g = fun(self.x + t * self.d)
+            values.append(t)
+            return f, float(torch.dot(g, self.d))
+
+        def gradient(self, t: float) -> torch.Tensor:
+            return fun(self.x + t * self.d)[1]
+
+        def newton_step(self) -> float:
+            curvature = float((2 * scale * self.d * self.d).sum())
+            return -float(torch.dot(fun(self.x)[1], self.d)) / curvature
+
+        def accept(self, t: float) -> None:
+            pass
+
+    x0 = torch.zeros(3, dtype=torch.float64)
+    plain = lbfgs(fun, x0, gtol=1e-9, ftol=0.0)
+    lined = lbfgs(fun, x0, gtol=1e-9, ftol=0.0, line_model=QuadraticLine)
+    assert lined.converged and values  # the line model was used
+    torch.testing.assert_close(lined.x, plain.x, atol=1e-7, rtol=0)
+    torch.testing.assert_close(lined.x, target, atol=1e-7, rtol=0)

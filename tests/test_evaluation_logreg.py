@@ -185,3 +185,43 @@ def test_fits_on_gpu_like_on_cpu() -> None:
     assert gpu.coef_.device.type == "cuda"
     assert gpu.loss_ == pytest.approx(cpu.loss_, rel=1e-7)
     assert gpu.score(x, y) == cpu.score(x, y)
+
+
+def test_finiteness_check_is_exact_even_when_the_sum_overflows() -> None:
+    from protohead.evaluation.logreg import _all_finite
+
+    huge = torch.full((4, 3), 1e308, dtype=torch.float64)  # finite, but sums to inf
+    assert _all_finite(huge)
+    assert _all_finite(torch.full((1000, 10), 3e38))  # the float32 sum overflows to inf
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.ones(5, 2)
+        x[3, 1] = bad
+        assert not _all_finite(x)
+        assert not _all_finite(x.double())
+
+
+def test_line_model_matches_full_evaluations_along_the_line() -> None:
+    from protohead.evaluation.logreg import _SoftmaxObjective
+
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 40, 6, 4
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 2.0
+    labels = torch.randint(0, k, (n,), generator=g)
+    objective = _SoftmaxObjective(x, labels, x.mean(0), k, lam=0.05)
+    params = torch.randn(k * d + k, generator=g, dtype=torch.float64)
+    direction = torch.randn(k * d + k, generator=g, dtype=torch.float64)
+    line = objective.line(params, direction)
+    for t in (0.0, 0.3, 1.7):
+        f_full, g_full = objective(params + t * direction)
+        f_line, slope = line.value(t)
+        assert f_line == pytest.approx(f_full, rel=1e-12)
+        assert slope == pytest.approx(float(torch.dot(g_full, direction)), rel=1e-10)
+        torch.testing.assert_close(line.gradient(t), g_full, rtol=1e-10, atol=1e-12)
+    # The Newton step minimises the quadratic model: the slope there is ~0 for small steps.
+    t_newton = line.newton_step()
+    assert t_newton > 0.0
+    line = objective.line(params, direction)
+    line.accept(0.5)  # the objective's scores move to the new point without a product
+    torch.testing.assert_close(
+        objective.scores, objective.logits(*objective.split(params + 0.5 * direction))
+    )

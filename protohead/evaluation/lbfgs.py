@@ -12,14 +12,16 @@ objective-change criterion as SciPy does, and reports why it stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["LBFGSResult", "lbfgs"]
+__all__ = ["LBFGSResult", "LineModel", "lbfgs"]
 
 Objective = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
 
@@ -71,28 +73,29 @@ def _cubic_min(
 
 
 def _strong_wolfe(
-    phi: Callable[[float], tuple[float, torch.Tensor, float]],
+    phi: Callable[[float], tuple[float, Any, float]],
     f0: float,
     gtd0: float,
     t: float,
     max_ls: int,
     c1: float = 1e-4,
     c2: float = 0.9,
-) -> tuple[float, float, torch.Tensor, int, bool]:
+) -> tuple[float, float, Any, int, bool]:
     """Step length ``t`` satisfying the strong Wolfe conditions along a descent direction.
 
-    ``phi(t)`` returns ``(f, g, g'd)`` at ``x + t d``. Returns ``(t, f, g, evals, ok)``. When
-    the evaluation budget runs out, the best point seen is returned with ``ok`` telling whether
-    it still decreases ``f`` sufficiently (Armijo); ``t = 0`` means no point improved on ``f0``.
+    ``phi(t)`` returns ``(f, payload, g'd)`` at ``x + t d`` (the payload, e.g. the gradient, is
+    handed back for the chosen step). Returns ``(t, f, payload, evals, ok)``. When the
+    evaluation budget runs out, the best point seen is returned with ``ok`` telling whether it
+    still decreases ``f`` sufficiently (Armijo); ``t = 0`` means no point improved on ``f0``.
     """
     evals = 0
     t_prev, f_prev, gtd_prev = 0.0, f0, gtd0
-    best: tuple[float, float, torch.Tensor | None] = (0.0, f0, None)
+    best: tuple[float, float, Any] | None = None
     lo = hi = None
     while evals < max_ls:
         f, g, gtd = phi(t)
         evals += 1
-        if math.isfinite(f) and f < best[1]:
+        if math.isfinite(f) and f < (f0 if best is None else best[1]):
             best = (t, f, g)
         if not math.isfinite(f) or f > f0 + c1 * t * gtd0 or (evals > 1 and f >= f_prev):
             lo, hi = (t_prev, f_prev, gtd_prev), (t, f, gtd)
@@ -113,7 +116,7 @@ def _strong_wolfe(
         t = _cubic_min(t_lo, f_lo, g_lo, t_hi, f_hi, g_hi, left + 0.1 * width, right - 0.1 * width)
         f, g, gtd = phi(t)
         evals += 1
-        if math.isfinite(f) and f < best[1]:
+        if math.isfinite(f) and f < (f0 if best is None else best[1]):
             best = (t, f, g)
         if not math.isfinite(f) or f > f0 + c1 * t * gtd0 or f >= f_lo:
             hi = (t, f, gtd)
@@ -123,11 +126,45 @@ def _strong_wolfe(
             if gtd * (t_hi - t_lo) >= 0.0:
                 hi = lo
             lo = (t, f, gtd)
+    if best is None:
+        return 0.0, f0, None, evals, False
     t_best, f_best, g_best = best
-    if g_best is None:
-        return 0.0, f0, torch.empty(0), evals, False
     # Sufficient decrease without the curvature condition: still a valid step to take.
     return t_best, f_best, g_best, evals, f_best <= f0 + c1 * t_best * gtd0
+
+
+class LineModel(Protocol):
+    """The objective restricted to one search line ``x + t d``, for objectives where that is
+    cheaper than full evaluations (e.g. linear models: the scores along the line are an affine
+    function of ``t``, so trial steps need no matrix product with the data)."""
+
+    def value(self, t: float) -> tuple[float, float]:
+        """``(f, g'd)`` at ``x + t d``."""
+        ...
+
+    def gradient(self, t: float) -> torch.Tensor:
+        """Full gradient ``(p,)`` at ``x + t d``."""
+        ...
+
+    def newton_step(self) -> float:
+        """Minimiser of the local quadratic model along ``d`` (0 if unknown)."""
+        ...
+
+    def accept(self, t: float) -> None:
+        """Called once the step ``t`` is taken: ``x + t d`` is the new current point."""
+        ...
+
+
+def _line_value(model: LineModel, t: float) -> tuple[float, Any, float]:
+    f, gtd = model.value(t)
+    return f, None, gtd
+
+
+def _full_value(
+    fun: Objective, x: torch.Tensor, d: torch.Tensor, t: float
+) -> tuple[float, Any, float]:
+    f, g = fun(x + t * d)
+    return f, g, float(torch.dot(g, d))
 
 
 def lbfgs(
@@ -140,6 +177,7 @@ def lbfgs(
     history_size: int = 20,
     max_ls: int = 12,
     first_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    line_model: Callable[[torch.Tensor, torch.Tensor], LineModel] | None = None,
 ) -> LBFGSResult:
     """Minimise a smooth function with L-BFGS.
 
@@ -159,6 +197,10 @@ def lbfgs(
         max_ls: Function evaluations per line search, ``>= 1``.
         first_step: ``(x, d) -> t``: length of the first step along the steepest-descent
             direction ``d``; default ``min(1, 1 / max|g|)``.
+        line_model: ``(x, d) -> LineModel``: optional cheap restriction of ``fun`` to each
+            search line. Trial steps then call its ``value`` and only the accepted step its
+            ``gradient``; its ``newton_step`` replaces ``first_step``. ``n_eval`` counts
+            ``fun`` calls plus trial values.
 
     Returns:
         An :class:`LBFGSResult`.
@@ -215,7 +257,11 @@ def lbfgs(
             rho_hist.clear()
             d = -g
             gtd = float(torch.dot(g, d))
-            t0 = first_step(x, d) if first_step is not None else 0.0
+            if line_model is not None:
+                model = line_model(x, d)
+                t0 = model.newton_step()
+            else:
+                t0 = first_step(x, d) if first_step is not None else 0.0
             if not (math.isfinite(t0) and t0 > 0.0):
                 t0 = min(1.0, 1.0 / max(float(g.abs().max()), 1e-30))
         else:
@@ -225,17 +271,21 @@ def lbfgs(
             if -0.5 * gtd <= floor:
                 return LBFGSResult(x, f, g, n_iter, n_eval, True, "ftol")
             t0 = 1.0
+            if line_model is not None:
+                model = line_model(x, d)
 
-        def phi(
-            t: float, x: torch.Tensor = x, d: torch.Tensor = d
-        ) -> tuple[float, torch.Tensor, float]:
-            f_t, g_t = fun(x + t * d)
-            return f_t, g_t, float(torch.dot(g_t, d))
-
+        phi: Callable[[float], tuple[float, Any, float]]
+        if line_model is not None:
+            phi = functools.partial(_line_value, model)
+        else:
+            phi = functools.partial(_full_value, fun, x, d)
         t, f_new, g_new, evals, ok = _strong_wolfe(phi, f, gtd, t0, max_ls)
         n_eval += evals
         if not ok or t == 0.0:
             return LBFGSResult(x, f, g, n_iter, n_eval, False, "line_search")
+        if line_model is not None:
+            g_new = model.gradient(t)
+            model.accept(t)
         step = t * d
         x = x + step
         y_vec = g_new - g

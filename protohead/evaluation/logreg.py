@@ -50,6 +50,18 @@ def _check_features(x: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one summing pass in the common case.
+
+    NaN and inf propagate into the sum, so a finite sum proves the data finite (element-wise
+    ``isfinite`` costs several passes over a 50,000 x 2048 matrix). Only a non-finite sum (bad
+    data, or finite values whose sum overflows) falls back to the element-wise check.
+    """
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def _check_labels(y: torch.Tensor, n: int, name: str) -> None:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
@@ -60,7 +72,16 @@ def _check_labels(y: torch.Tensor, n: int, name: str) -> None:
 
 
 class _SoftmaxObjective:
-    """Mean-scaled objective and gradient on the flat parameters ``[W (k*d), b' (k)]``."""
+    """Mean-scaled objective and gradient on the flat parameters ``[W (k*d), b' (k)]``.
+
+    Two matrix products with the data per full evaluation: ``(n, d) (d, k)`` for the scores
+    and ``(k, n) (n, d)`` for the gradient. Along a search line the scores are affine in the
+    step, so :meth:`line` needs one product for the direction's scores, trial steps none, and
+    the accepted step one for its gradient; the scores of the new point follow without a
+    product (recomputed exactly every ``_REFRESH`` steps to bound round-off).
+    """
+
+    _REFRESH = 25
 
     def __init__(
         self, x: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, k: int, lam: float
@@ -68,47 +89,110 @@ class _SoftmaxObjective:
         self.x, self.labels, self.mu, self.k, self.lam = x, labels, mu, k, lam
         self.n, self.d = x.shape
         self.rows = torch.arange(self.n, device=x.device)
-        self._probs_at: torch.Tensor | None = None
-        self._probs: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None  # (n, k) scores at `self.at`
+        self.at: torch.Tensor | None = None
+        self.steps = 0
 
-    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kd = self.k * self.d
         return params[:kd].view(self.k, self.d), params[kd:]
 
-    def _logits(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # (x - mu) W^T + b' without materialising the centred copy of x.
+    def logits(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``(x - mu) W^T + b'`` without materialising the centred copy of x: ``(n, k)``."""
+        if not bool(weight.any()):  # a cold start: no product with the data needed
+            return bias.expand(self.n, self.k).clone()
         return torch.addmm(bias - weight @ self.mu, self.x, weight.t())
 
-    def __call__(self, params: torch.Tensor) -> tuple[float, torch.Tensor]:
-        weight, bias = self._split(params)
-        logits = self._logits(weight, bias)
+    def loss_at(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy and softmax probabilities of ``(n, k)`` scores."""
         lse = torch.logsumexp(logits, dim=1, keepdim=True)
         ce = (lse.squeeze(1) - logits[self.rows, self.labels]).mean()
-        probs = torch.exp(logits - lse)
-        self._probs_at, self._probs = params, probs
+        return ce, torch.exp(logits - lse)
+
+    def gradient(self, probs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         residual = probs.clone()
         residual[self.rows, self.labels] -= 1.0
         residual /= self.n
         col = residual.sum(dim=0)
-        grad_w = residual.t() @ self.x - torch.outer(col, self.mu) + self.lam * weight
-        loss = ce + 0.5 * self.lam * weight.pow(2).sum()
-        return float(loss), torch.cat([grad_w.flatten(), col])
+        # (x^T r)^T rather than r^T x: the same product, about 10% faster with a row-major x.
+        grad_w = (self.x.t() @ residual).t() - torch.outer(col, self.mu) + self.lam * weight
+        return torch.cat([grad_w.flatten(), col])
 
-    def newton_step(self, params: torch.Tensor, direction: torch.Tensor) -> float:
-        """Minimiser of the local quadratic model along ``direction`` (first L-BFGS step)."""
-        if self._probs is None or self._probs_at is None or not torch.equal(self._probs_at, params):
-            self(params)
-        probs = self._probs
-        if probs is None:
-            return 0.0
-        d_weight, d_bias = self._split(direction)
-        z = self._logits(d_weight, d_bias)
-        pz = (probs * z).sum(dim=1)
-        curvature = ((probs * z * z).sum(dim=1) - pz * pz).mean()
-        curvature = curvature + self.lam * d_weight.pow(2).sum()
-        slope = -float(torch.dot(direction, direction))
-        value = float(curvature)
-        return -slope / value if value > 0.0 else 0.0
+    def __call__(self, params: torch.Tensor) -> tuple[float, torch.Tensor]:
+        weight, bias = self.split(params)
+        logits = self.logits(weight, bias)
+        self.scores, self.at = logits, params
+        ce, probs = self.loss_at(logits)
+        loss = ce + 0.5 * self.lam * weight.pow(2).sum()
+        return float(loss), self.gradient(probs, weight)
+
+    def line(self, params: torch.Tensor, direction: torch.Tensor) -> _SoftmaxLine:
+        scores = self.scores
+        if scores is None or self.at is None or not torch.equal(self.at, params):
+            scores = self.logits(*self.split(params))
+            self.scores, self.at = scores, params
+        return _SoftmaxLine(self, params, direction, scores)
+
+
+class _SoftmaxLine:
+    """:class:`_SoftmaxObjective` along ``params + t * direction`` (a ``LineModel``)."""
+
+    def __init__(
+        self,
+        objective: _SoftmaxObjective,
+        params: torch.Tensor,
+        direction: torch.Tensor,
+        scores: torch.Tensor,
+    ) -> None:
+        self.obj, self.params, self.direction, self.scores = objective, params, direction, scores
+        weight, _ = objective.split(params)
+        d_weight, d_bias = objective.split(direction)
+        self.weight, self.d_weight = weight, d_weight
+        self.slope = objective.logits(d_weight, d_bias)  # (n, k): scores change per unit t
+        self.slope_true = float(self.slope[objective.rows, objective.labels].sum())
+        self.w2 = float(weight.pow(2).sum())
+        self.wd = float(torch.dot(weight.flatten(), d_weight.flatten()))
+        self.d2 = float(d_weight.pow(2).sum())
+        self.cached: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _at(self, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores, mean cross-entropy and probabilities at step ``t`` (the last two cached)."""
+        if t not in self.cached:
+            if len(self.cached) >= 2:  # the accepted step is one of the last few tried
+                self.cached.pop(next(iter(self.cached)))
+            logits = torch.add(self.scores, self.slope, alpha=t)
+            self.cached[t] = (logits, *self.obj.loss_at(logits))
+        return self.cached[t]
+
+    def value(self, t: float) -> tuple[float, float]:
+        _, ce, probs = self._at(t)
+        lam, n = self.obj.lam, self.obj.n
+        penalty = 0.5 * lam * (self.w2 + 2.0 * t * self.wd + t * t * self.d2)
+        derivative = (float((probs * self.slope).sum()) - self.slope_true) / n
+        derivative += lam * (self.wd + t * self.d2)
+        return float(ce) + penalty, derivative
+
+    def gradient(self, t: float) -> torch.Tensor:
+        _, _, probs = self._at(t)
+        return self.obj.gradient(probs, self.weight + t * self.d_weight)
+
+    def newton_step(self) -> float:
+        _, _, probs = self._at(0.0)
+        pz = (probs * self.slope).sum(dim=1)
+        curvature = float(((probs * self.slope * self.slope).sum(dim=1) - pz * pz).mean())
+        curvature += self.obj.lam * self.d2
+        slope = (float(pz.sum()) - self.slope_true) / self.obj.n + self.obj.lam * self.wd
+        return -slope / curvature if curvature > 0.0 else 0.0
+
+    def accept(self, t: float) -> None:
+        obj = self.obj
+        new_params = self.params + t * self.direction  # as the solver computes x + t d
+        obj.steps += 1
+        if obj.steps % obj._REFRESH == 0:
+            obj.scores = obj.logits(*obj.split(new_params))
+        else:
+            obj.scores = self._at(t)[0]
+        obj.at = new_params
 
 
 class LogisticRegression:
@@ -227,7 +311,7 @@ class LogisticRegression:
             raise ValueError("X must contain at least one sample, got 0")
         device = self.device if self.device is not None else X.device
         x = X.to(device=device, dtype=self.dtype)
-        if not bool(torch.isfinite(x).all()):
+        if not _all_finite(x):
             raise ValueError("X must contain only finite values, got NaN or inf")
         labels = y.to(device=device, dtype=torch.long)
         y_min, y_max = int(labels.min()), int(labels.max())
@@ -259,7 +343,7 @@ class LogisticRegression:
             gtol=self.tol,
             ftol=self.tol * 1e-2,
             history_size=self.history_size,
-            first_step=objective.newton_step,
+            line_model=objective.line,
         )
         weight = result.x[: k * d].view(k, d)
         self.coef_ = weight.clone()

@@ -3,8 +3,10 @@
 # Needs torch, torchvision, einops, pytest and hypothesis; nothing is installed. Prints tables:
 #   1. benchmarks/gpu_check_multicrop.py (augmenter images/s, fed t-ReX step vs pre-made);
 #   2. benchmarks/bench_core.py on the GPU (OCM memory, fused EMA vs per-parameter loop);
-#   3. tests/test_cuda.py (no host sync in the training step, fused augmenter = eager, ...);
-#   4. a one-epoch smoke run of examples/train_trex.py --gpu-aug on FakeData (ResNet-50).
+#   3. tests/test_cuda.py (no host sync in the training step, fused augmenter = eager, ...) and
+#      the logistic-regression tests (GPU fit = CPU fit);
+#   4. benchmarks/bench_logreg.py with protohead's fit on the GPU (scikit-learn on the CPU);
+#   5. a one-epoch smoke run of examples/train_trex.py --gpu-aug on FakeData (ResNet-50).
 #
 #   bash benchmarks/gpu_check.sh
 set -u
@@ -22,7 +24,9 @@ step() {  # step TITLE TIMEOUT CMD...: run, report, keep going (device time is s
 }
 step "GPUMultiCrop checks" 270 python benchmarks/gpu_check_multicrop.py
 step "bench_core on the GPU" 90 python benchmarks/bench_core.py --device cuda --drift-updates 0
-step "CUDA tests" 120 python -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py
+step "CUDA tests" 120 python -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py \
+    tests/test_evaluation_logreg.py tests/test_evaluation_lbfgs.py
+step "bench_logreg, protohead on the GPU" 120 python benchmarks/bench_logreg.py --device cuda
 out=$(mktemp -d)
 step "train_trex --gpu-aug smoke (FakeData, resnet50)" 150 python examples/train_trex.py \
     --dataset fake --fake-size 1024 128 --fake-image-size 256 --arch resnet50 --preset trex \

@@ -9,6 +9,7 @@
 #   5. a one-epoch smoke run of examples/train_trex.py --gpu-aug on FakeData (ResNet-50).
 #
 #   bash benchmarks/gpu_check.sh
+#   SKIP_SMOKE=1 bash benchmarks/gpu_check.sh   # without step 5
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -28,7 +29,7 @@ step "CUDA tests" 120 python -m pytest -q -p no:cacheprovider -o addopts="-ra" t
     tests/test_evaluation_logreg.py tests/test_evaluation_lbfgs.py
 step "bench_logreg, protohead on the GPU" 120 python benchmarks/bench_logreg.py --device cuda
 out=$(mktemp -d)
-step "train_trex --gpu-aug smoke (FakeData, resnet50)" 150 python examples/train_trex.py \
+[ -n "${SKIP_SMOKE:-}" ] || step "train_trex --gpu-aug smoke (FakeData, resnet50)" 150 python examples/train_trex.py \
     --dataset fake --fake-size 1024 128 --fake-image-size 256 --arch resnet50 --preset trex \
     --gpu-aug --workers 8 --batch-size 64 --epochs 1 --output-dir "$out" --print-freq 4
 exit $status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -21,28 +20,12 @@ def _load_demo():
     return module
 
 
-def fabricate_fashion_mnist(root: Path, n: int = 200) -> None:
-    """IDX files like the real ones: 28 x 28 uint8 images whose brightness encodes the class."""
-    g = torch.Generator().manual_seed(0)
-    for prefix in ("train", "t10k"):
-        labels = torch.arange(n) % 10
-        images = (torch.rand(n, 28, 28, generator=g) * 60 + labels[:, None, None] * 19).byte()
-        for stem, array in ((f"{prefix}-images-idx3-ubyte", images),
-                            (f"{prefix}-labels-idx1-ubyte", labels.byte())):  # fmt: skip
-            header = bytes([0, 0, 8, array.ndim]) + b"".join(
-                int(s).to_bytes(4, "big") for s in array.shape
-            )
-            (root / f"{stem}.gz").write_bytes(gzip.compress(header + array.numpy().tobytes()))
-
-
 @pytest.mark.slow
 def test_demo_trains_both_presets_on_seen_classes_and_probes_unseen_ones(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_fashion_mnist: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     demo = _load_demo()
-    data = tmp_path / "fmnist"
-    data.mkdir()
-    fabricate_fashion_mnist(data)
+    data = fake_fashion_mnist
     argv = ["--data-root", str(data), "--output-dir", str(tmp_path / "out"), "--epochs", "1",
             "--batch-size", "8", "--max-steps-per-epoch", "2", "--max-per-class", "10",
             "--seeds", "0", "1", "--threads", "1"]  # fmt: skip

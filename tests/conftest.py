@@ -1,0 +1,31 @@
+"""Shared fixtures of the test suite."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def fake_fashion_mnist(tmp_path: Path) -> Path:
+    """A directory with a small Fashion-MNIST in the real IDX format (gzipped).
+
+    200 train and 200 test images of 28 x 28 px whose brightness encodes the class, labels
+    ``i % 10``, so every class has 20 images per split.
+    """
+    root = tmp_path / "fashion-mnist"
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 200), ("t10k", 200)):
+        labels = torch.arange(n) % 10
+        images = (torch.rand(n, 28, 28, generator=g) * 60 + labels[:, None, None] * 19).byte()
+        for stem, array in ((f"{prefix}-images-idx3-ubyte", images),
+                            (f"{prefix}-labels-idx1-ubyte", labels.byte())):  # fmt: skip
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(
+                int(s).to_bytes(4, "big") for s in array.shape
+            )
+            (root / f"{stem}.gz").write_bytes(gzip.compress(header + array.numpy().tobytes()))
+    return root

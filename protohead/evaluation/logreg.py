@@ -114,8 +114,8 @@ class _SoftmaxObjective:
         residual[self.rows, self.labels] -= 1.0
         residual /= self.n
         col = residual.sum(dim=0)
-        # (x^T r)^T rather than r^T x: the same product, about 10% faster with a row-major x.
-        grad_w = (self.x.t() @ residual).t() - torch.outer(col, self.mu) + self.lam * weight
+        # r^T x, not (x^T r)^T: the same product, but 10x slower for few classes that way.
+        grad_w = residual.t() @ self.x - torch.outer(col, self.mu) + self.lam * weight
         return torch.cat([grad_w.flatten(), col])
 
     def __call__(self, params: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -16,6 +16,7 @@ Arguments are not checked here; see :mod:`protohead.batched_ops` for the checked
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,14 +31,18 @@ __all__ = [
     "blur_taps",
     "color_jitter_",
     "compacts",
+    "crop_chain",
     "crop_resize",
     "flip_some",
+    "fused_crop_chain",
     "grayscale_some",
     "hue_rotate",
     "luma",
     "solarize_some",
 ]
 
+# MultiCropTransform solarizes at 128 on the uint8 scale.
+SOLARIZE_THRESHOLD = 128 / 255
 # Downscale factor from which resampling averages several bilinear samples per pixel.
 ANTIALIAS_FROM = 1.5
 # ITU-R 601-2 luma weights, exactly as torchvision's rgb_to_grayscale (bit-identical result).
@@ -328,3 +333,59 @@ def crop_resize(images: Tensor, index: Tensor, boxes: Tensor, size: tuple[int, i
         if rows.numel() > 0:
             out.index_copy_(0, rows, roi_align(images, rois[rows], size, 1.0, ratio, True))
     return out
+
+
+def crop_chain(
+    x: Tensor,
+    order: Tensor,
+    factors: Tensor,
+    jitter_mask: Tensor,
+    gray_mask: Tensor,
+    sigma: Tensor,
+    blur_mask: Tensor,
+    solarize_mask: Tensor,
+    flip_mask: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    jitter: bool,
+    hue: bool,
+    grayscale: bool,
+    blur_size: int,
+    solarize: bool,
+    flip: bool,
+    fused: bool,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """Colour ops, blur, solarize, flip and normalisation of ``GPUMultiCrop``'s crops.
+
+    Shapes: ``(n, 3, s, s)`` float in ``[0, 1]`` -> ``(n, 3, s, s)`` normalised.
+
+    Per-sample parameters are ``(n,)`` (``order``/``factors`` ``(n, 4)``); the keyword flags
+    are static, so a compiled version specialises on them. ``fused`` picks the formulation
+    that ``torch.compile`` turns into a few fused kernels (masked ops, shift-and-add blur,
+    out-of-place normalisation and cast); otherwise the device's eager kernels run in place.
+    """
+    if jitter:
+        x = color_jitter_(x, order, factors, jitter_mask, hue)
+    if grayscale:
+        x = grayscale_some(x, gray_mask)
+    if blur_size:
+        taps = blur_taps(sigma, blur_mask, blur_size)
+        x = blur_some(x, taps, blur_mask, shift=True if fused else None)
+    if solarize:
+        x = solarize_some(x, solarize_mask, SOLARIZE_THRESHOLD)
+    if flip:
+        # Every op after the crop is mirror-symmetric, so flipping last equals flipping first.
+        x = flip_some(x, flip_mask)
+    if fused:
+        return ((x - mean) / std).to(out_dtype)
+    # In place, then the caller's copy casts and lays out: a fused broadcast multiply-add into
+    # a strided output is several times slower on CPU.
+    return x.sub_(mean).div_(std)
+
+
+@functools.cache
+def fused_crop_chain() -> Callable[..., Tensor]:
+    """``torch.compile`` of :func:`crop_chain`, built once per process on first use."""
+    return torch.compile(crop_chain)

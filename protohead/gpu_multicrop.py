@@ -9,16 +9,15 @@ accelerator (or a CPU core, still faster than PIL) does the rest.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
 from protohead import batched_kernels as kernels
-from protohead.batched_kernels import blur_taps, color_jitter_, crop_resize
+from protohead.batched_kernels import crop_resize
 from protohead.image_batch import as_image_batch, check_sizes, valid_region_float
 from protohead.multicrop_params import CropParams, MultiCropParams, sample_crop_params
 from protohead.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform
@@ -47,7 +46,6 @@ _SHARED = (
     "local_solarize_p",
     "interpolation",
 )
-_SOLARIZE_THRESHOLD = 128 / 255  # MultiCropTransform solarizes at 128 on the uint8 scale
 _RESAMPLED = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
 
 
@@ -387,7 +385,7 @@ class GPUMultiCrop(nn.Module):
         x = crop_resize(source, image, boxes, (size, size))
         fused = self.fuse and not kernels.compacts(source.device)
         names = ("brightness", "contrast", "saturation", "hue")
-        chain = _fused_color_chain() if fused else _color_chain
+        chain = kernels.fused_crop_chain() if fused else kernels.crop_chain
         return chain(
             x,
             p.flat("order"),
@@ -409,60 +407,6 @@ class GPUMultiCrop(nn.Module):
             fused=fused,
             out_dtype=self.output_dtype if fused else x.dtype,
         )
-
-
-def _color_chain(
-    x: Tensor,
-    order: Tensor,
-    factors: Tensor,
-    jitter_mask: Tensor,
-    gray_mask: Tensor,
-    sigma: Tensor,
-    blur_mask: Tensor,
-    solarize_mask: Tensor,
-    flip_mask: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    *,
-    jitter: bool,
-    hue: bool,
-    grayscale: bool,
-    blur_size: int,
-    solarize: bool,
-    flip: bool,
-    fused: bool,
-    out_dtype: torch.dtype,
-) -> Tensor:
-    """Colour ops, blur, solarize, flip and normalisation of crops ``(n, 3, s, s)``.
-
-    Per-sample parameters are ``(n,)`` (``order``/``factors`` ``(n, 4)``); the keyword flags
-    are static, so a compiled version specialises on them. ``fused`` picks the formulation
-    that ``torch.compile`` turns into a few fused kernels (masked ops, shift-and-add blur,
-    out-of-place normalisation and cast); otherwise the device's eager kernels run in place.
-    """
-    if jitter:
-        x = color_jitter_(x, order, factors, jitter_mask, hue)
-    if grayscale:
-        x = kernels.grayscale_some(x, gray_mask)
-    if blur_size:
-        taps = blur_taps(sigma, blur_mask, blur_size)
-        x = kernels.blur_some(x, taps, blur_mask, shift=True if fused else None)
-    if solarize:
-        x = kernels.solarize_some(x, solarize_mask, _SOLARIZE_THRESHOLD)
-    if flip:
-        # Every op after the crop is mirror-symmetric, so flipping last equals flipping first.
-        x = kernels.flip_some(x, flip_mask)
-    if fused:
-        return ((x - mean) / std).to(out_dtype)
-    # In place, then the caller's copy casts and lays out: a fused broadcast multiply-add into
-    # a strided output is several times slower on CPU.
-    return x.sub_(mean).div_(std)
-
-
-@functools.cache
-def _fused_color_chain() -> Callable[..., Tensor]:
-    """``torch.compile`` of :func:`_color_chain`, built once per process on first use."""
-    return torch.compile(_color_chain)
 
 
 def _check_generator(generator: object, device: torch.device) -> None:

@@ -20,7 +20,6 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 import protohead.batched_kernels as kernels
-import protohead.gpu_multicrop as gpu_multicrop
 from protohead.batched_ops import resized_crops
 from protohead.gpu_multicrop import GPUMultiCrop
 from protohead.multicrop_params import CropParams
@@ -142,8 +141,8 @@ def test_fused_chain_compiles_without_graph_breaks_and_matches_eager(
     monkeypatch.setattr(kernels, "compacts", lambda device: False)  # the accelerator path
     eager = GPUMultiCrop(**kwargs).render(images, params)
     # fullgraph=True fails on any graph break; aot_eager traces like inductor without codegen.
-    compiled = torch.compile(gpu_multicrop._color_chain, backend="aot_eager", fullgraph=True)
-    monkeypatch.setattr(gpu_multicrop, "_fused_color_chain", lambda: compiled)
+    compiled = torch.compile(kernels.crop_chain, backend="aot_eager", fullgraph=True)
+    monkeypatch.setattr(kernels, "fused_crop_chain", lambda: compiled)
     aug = GPUMultiCrop(**kwargs, fuse=True, output_dtype=torch.bfloat16, channels_last=True)
     fused = aug.render(images, params)
     for a, b in zip(eager, fused, strict=True):

@@ -11,7 +11,7 @@ scale, on a CPU:
 3. print one row per preset: top-1 on the seen classes' test images, and the linear-probe top-1
    and log-odds on the unseen classes.
 
-``make eval-demo`` runs it (about 11 minutes on 2 CPU cores). Both steps are the public
+``make eval-demo`` runs it (about 9 minutes on 2 CPU cores). Both steps are the public
 command-line tools, run as subprocesses, so every row can be reproduced by hand from the
 commands this script prints. Results go to ``<output-dir>/eval_demo.json`` (written
 atomically) next to each run's checkpoint and transfer report.
@@ -27,10 +27,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from protohead.atomic_files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "train_trex.py"
@@ -103,17 +104,6 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def format_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     head = (
         f"| preset | seen {args.seen}: test top-1 % | unseen {args.unseen}: linear-probe "
@@ -151,7 +141,8 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "checkpoint": str(out / "checkpoint.pth"),
             }
         )
-    write_json_atomic(args.output_dir / "eval_demo.json", {"rows": rows, "args": _jsonable(args)})
+    with atomic_write(args.output_dir / "eval_demo.json", "w") as handle:
+        json.dump({"rows": rows, "args": _jsonable(args)}, handle, indent=2)
     print("\n" + format_rows(args, rows))
     return rows
 

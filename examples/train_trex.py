@@ -27,7 +27,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -48,6 +47,7 @@ from protohead import (
     get_preset,
     multicrop_collate,
 )
+from protohead.atomic_files import atomic_write
 from protohead.batchnorm import recalibrate_batchnorm
 from protohead.checkpoint import (
     find_resume_checkpoint,
@@ -733,9 +733,8 @@ def _truncate_metrics(path: Path, start_epoch: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line).get("epoch", 0) <= start_epoch
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in kept))
 
 
 def _tensorboard(output_dir: Path, enabled: bool) -> Any:

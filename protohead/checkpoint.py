@@ -10,17 +10,17 @@ over the target with ``os.replace`` (atomic on POSIX and Windows).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import pickle
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from protohead.atomic_files import atomic_write
 
 __all__ = [
     "find_resume_checkpoint",
@@ -138,31 +138,11 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping, got {type(state).__name__}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; checkpoints are usually shared
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(target.parent)
+    with atomic_write(target, "wb", durable=True) as handle:
+        torch.save(dict(state), handle)
+        if hasattr(os, "fchmod"):  # mkstemp creates 0600; checkpoints are usually shared
+            os.fchmod(handle.fileno(), 0o644)
     return target
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not supported on every platform/filesystem.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_checkpoint(

@@ -101,6 +101,27 @@ class GPUMultiCrop(nn.Module):
         [(4, 3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16)]
     """
 
+    # Set in __init__ from the MultiCropTransform arguments of the same names (_SHARED).
+    num_global_crops: int
+    num_local_crops: int
+    global_crop_size: int
+    local_crop_size: int
+    global_crop_scale: tuple[float, float]
+    local_crop_scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip_p: float
+    color_jitter: tuple[float, ...]
+    color_jitter_p: float
+    grayscale_p: float
+    global_blur_p: float
+    local_blur_p: float
+    blur_sigma: tuple[float, float]
+    global_solarize_p: float
+    local_solarize_p: float
+    interpolation: InterpolationMode
+
     def __init__(
         self,
         *,
@@ -169,25 +190,8 @@ class GPUMultiCrop(nn.Module):
             raise TypeError(f"cpu_chunk_size must be an int, got {cpu_chunk_size!r}")
         if cpu_chunk_size < 1:
             raise ValueError(f"cpu_chunk_size must be >= 1, got {cpu_chunk_size}")
-        self.num_global_crops: int = reference.num_global_crops
-        self.num_local_crops: int = reference.num_local_crops
-        self.global_crop_size: int = reference.global_crop_size
-        self.local_crop_size: int = reference.local_crop_size
-        self.global_crop_scale: tuple[float, float] = reference.global_crop_scale
-        self.local_crop_scale: tuple[float, float] = reference.local_crop_scale
-        self.ratio: tuple[float, float] = reference.ratio
-        self.mean: tuple[float, ...] = reference.mean
-        self.std: tuple[float, ...] = reference.std
-        self.flip_p: float = reference.flip_p
-        self.color_jitter: tuple[float, ...] = reference.color_jitter
-        self.color_jitter_p: float = reference.color_jitter_p
-        self.grayscale_p: float = reference.grayscale_p
-        self.global_blur_p: float = reference.global_blur_p
-        self.local_blur_p: float = reference.local_blur_p
-        self.blur_sigma: tuple[float, float] = reference.blur_sigma
-        self.global_solarize_p: float = reference.global_solarize_p
-        self.local_solarize_p: float = reference.local_solarize_p
-        self.interpolation: InterpolationMode = reference.interpolation
+        for name in _SHARED:  # validated and normalised by the reference
+            setattr(self, name, getattr(reference, name))
         self.output_dtype = output_dtype
         self.channels_last = channels_last
         self.cpu_chunk_size = cpu_chunk_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,16 @@ def fake_fashion_mnist(tmp_path: Path) -> Path:
             )
             (root / f"{stem}.gz").write_bytes(gzip.compress(header + array.numpy().tobytes()))
     return root
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored afterwards.
+
+    Tiny tensors gain nothing from threads and lose to contention on a busy 2-core box (uint8
+    ``round()`` inside the blur was 10x slower with 2 threads).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

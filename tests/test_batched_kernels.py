@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,13 +11,7 @@ from torchvision.ops import roi_align
 
 import protohead.batched_kernels as kernels
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def random_jitter(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -10,7 +10,7 @@ Tolerances, as mean absolute error (MAE) on the 0-255 scale, per sample:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -36,12 +36,7 @@ from protohead.batched_ops import (
 OP_MAE = 0.01  # levels on 0-255
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def textured(n: int, h: int, w: int, seed: int = 0) -> Tensor:

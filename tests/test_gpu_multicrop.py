@@ -9,7 +9,7 @@ of both augmenters on the same textured images have the same distribution (KS te
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -45,12 +45,7 @@ IDENTITY_GEOMETRY: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def textured(n: int, h: int, w: int, seed: int = 0) -> Tensor:

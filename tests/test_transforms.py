@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,14 +44,7 @@ FULL_CROP: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threads only add contention (on a busy 2-core box, uint8 round()
-    # inside the blur was 10x slower with 2 threads); restored so other test files see no change.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def decode(crop: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from protohead.atomic_files import atomic_write
 
 __all__ = ["FeatureCache", "model_checksum"]
 
@@ -156,14 +157,7 @@ class FeatureCache:
                 "features must be (n, d) and labels (n,), got shapes "
                 f"{tuple(features.shape)} and {tuple(labels.shape)}"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        handle, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as tmp:
-                torch.save({"key": key, "features": features.cpu(), "labels": labels.cpu()}, tmp)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as handle:
+            torch.save({"key": key, "features": features.cpu(), "labels": labels.cpu()}, handle)
         return path

@@ -22,9 +22,11 @@ as post-ReLU pooled features). The data is never copied for it. Features are *no
 since that would change what ``C`` means.
 
 Solver. :func:`~protohead.evaluation.lbfgs.lbfgs` on the flat ``[W, b']``, with the gradient
-written out (two matrix products per evaluation, no autograd) and the first step taken from the
-exact curvature of the loss along the gradient, which replaces the several evaluations a line
-search spends growing a tiny first step.
+written out (no autograd). The scores are affine along a search direction, so each iteration
+costs two matrix products with the data (the direction's scores, the new gradient) however many
+trial steps the line search takes, and the first step comes from the exact curvature of the loss
+along the gradient, which replaces the several evaluations a line search spends growing a tiny
+first step.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from protohead.atomic_files import atomic_write
 from protohead.evaluation.report import TransferReport
 
 __all__ = ["plot_transfer"]
@@ -85,15 +85,8 @@ def plot_transfer(
         axes.set_title(title)
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix
-    )
-    os.close(handle)
-    try:
-        figure.savefig(tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # A file object carries no name, so the format comes from the target's suffix (as it
+    # would for a path); no suffix gives matplotlib's default format.
+    with atomic_write(target, "wb") as handle:
+        figure.savefig(handle, format=target.suffix.lstrip(".") or None)
     return target

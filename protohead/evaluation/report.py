@@ -13,12 +13,12 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protohead.atomic_files import atomic_write
 from protohead.evaluation.search import ProbeResult
 
 __all__ = ["DatasetResult", "TransferReport", "format_table", "read_json", "write_json"]
@@ -245,16 +245,9 @@ def write_json(report: TransferReport, path: str | os.PathLike[str]) -> Path:
         True
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as tmp:
-            json.dump(report.to_dict(), tmp, indent=2, default=_json_default)
-            tmp.write("\n")
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "w") as handle:
+        json.dump(report.to_dict(), handle, indent=2, default=_json_default)
+        handle.write("\n")
     return target
 
 

@@ -281,6 +281,8 @@ def test_referenced_scripts_exist():
 
 def _train_example_options() -> tuple[set[str], list[str]]:
     """Option strings and ``--preset`` choices of ``examples/train_trex.py``'s parser."""
+    if str(ROOT / "examples") not in sys.path:  # the script imports its sibling modules
+        sys.path.insert(0, str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location("train_trex", ROOT / "examples" / "train_trex.py")
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)

@@ -25,6 +25,9 @@ SCRIPT = ROOT / "examples" / "train_trex.py"
 
 
 def _load(name: str, path: Path):
+    # The script imports its sibling modules (trex_args, ...) as `python examples/...` would.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -96,11 +99,31 @@ def test_help_explains_every_preset_override():
 def test_overrides_win_over_the_preset_and_none_is_a_value(tmp_path):
     args = _args(tmp_path, "--temperature", "none", "--num-local-crops", "3",
                  "--global-crop-scale", "0.5", "1")  # fmt: skip
-    preset = train_trex._resolve_preset(args)
+    preset = train_trex.resolve_preset(args)
     assert preset.temperature is None and preset.num_local_crops == 3
     assert preset.global_crop_scale == (0.5, 1.0)
     assert preset.global_crop_size == 24  # --small-images used the fake image size
-    assert train_trex._resolve_preset(_args(tmp_path)).temperature == 0.1
+    assert train_trex.resolve_preset(_args(tmp_path)).temperature == 0.1
+
+
+def test_metrics_log_is_replaced_atomically_and_truncated_on_resume(tmp_path, monkeypatch):
+    trex_state = sys.modules["trex_state"]  # imported by train_trex from examples/
+    path = tmp_path / "metrics.jsonl"
+    for epoch in (1, 2, 3):
+        trex_state.append_metrics(path, {"epoch": epoch, "val_top1": 10.0 * epoch})
+    before = path.read_text()
+
+    def no_rename(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("protohead.atomic_files.os.replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        trex_state.append_metrics(path, {"epoch": 4, "val_top1": 40.0})
+    assert path.read_text() == before  # a failed append leaves every earlier record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temp left
+    monkeypatch.undo()
+    trex_state.truncate_metrics(path, start_epoch=2)  # epochs 3+ will be re-run
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
@@ -226,10 +249,11 @@ def test_torchrun_two_processes_keep_identical_memory_banks(tmp_path):
             f"""
             import importlib.util, sys, torch
             from protohead.distributed import get_rank
+            sys.path.insert(0, {str(SCRIPT.parent)!r})
             spec = importlib.util.spec_from_file_location("train_trex", {str(SCRIPT)!r})
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
-            original = mod._checkpoint_state
+            original = mod.checkpoint_state
 
             def spy(model, *args, **kwargs):
                 state = {{k: v.clone() for k, v in model.state_dict().items()
@@ -237,7 +261,7 @@ def test_torchrun_two_processes_keep_identical_memory_banks(tmp_path):
                 torch.save(state, {str(tmp_path)!r} + f"/rank{{get_rank()}}.pt")
                 return original(model, *args, **kwargs)
 
-            mod._checkpoint_state = spy
+            mod.checkpoint_state = spy
             mod.main(mod.get_args_parser().parse_args(sys.argv[1:]))
             """
         )

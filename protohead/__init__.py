@@ -8,7 +8,7 @@ filled by an EMA teacher.
 
 from protohead.backbone import BackboneAdapter
 from protohead.classifier import PrototypeClassifier
-from protohead.distributed import all_gather_variable
+from protohead.distributed import all_gather_rows, all_gather_variable
 from protohead.ema import EMATeacher, cosine_momentum_schedule
 from protohead.encoder import MultiCropEncoder, group_by_resolution
 from protohead.gpu_multicrop import GPUMultiCrop
@@ -42,6 +42,7 @@ __all__ = [
     "TReX",
     "TReXPreset",
     "__version__",
+    "all_gather_rows",
     "all_gather_variable",
     "cosine_momentum_schedule",
     "eval_transform",

@@ -44,8 +44,11 @@ def recalibrate_batchnorm(
     then accumulated as a cumulative average (``momentum=None``) over up to ``num_batches``
     forward passes in training mode without gradients. With a process group, the results are
     averaged over ranks afterwards, so every process holds the same statistics and a sharded
-    evaluation equals a single-process one. Parameters are not touched; momenta and the
-    train/eval mode are restored. If ``batches`` is empty or an error occurs, the previous
+    evaluation equals a single-process one: each rank's statistics are weighted by its number
+    of batches, and every rank must call this function (also one whose ``batches`` is empty).
+    With ``SyncBatchNorm`` layers the forward passes are collectives too, so every rank must
+    then use the same number of batches. Parameters are not touched; momenta and the
+    train/eval mode are restored. If no rank has a batch, or an error occurs, the previous
     statistics are restored.
 
     Args:
@@ -56,7 +59,7 @@ def recalibrate_batchnorm(
             (e.g. pick the images from an ``(images, labels)`` pair and move them to a device).
 
     Returns:
-        The number of batches used (0 leaves the module unchanged).
+        The number of batches this rank used (0 everywhere leaves the module unchanged).
 
     Raises:
         TypeError: If ``module`` is not an ``nn.Module``.
@@ -108,13 +111,18 @@ def recalibrate_batchnorm(
         module.train(was_training)
     if used == 0:
         _restore(layers, saved)
-        return 0
-    world = get_world_size()
-    if world > 1:
+    if get_world_size() > 1:
+        # Every rank joins the collectives, also one that got no batch (it would otherwise
+        # leave the others waiting): the statistics are averaged with each rank weighted by
+        # its number of batches, and a rank without batches contributes nothing.
+        device = layers[0].running_mean.device if layers[0].running_mean is not None else None
+        total = int(all_reduce_sum(torch.tensor(float(used), device=device)).item())
+        if total == 0:
+            return 0
         for bn in layers:
             if bn.running_mean is not None and bn.running_var is not None:
-                bn.running_mean.copy_(all_reduce_sum(bn.running_mean) / world)
-                bn.running_var.copy_(all_reduce_sum(bn.running_var) / world)
+                bn.running_mean.copy_(all_reduce_sum(bn.running_mean * used) / total)
+                bn.running_var.copy_(all_reduce_sum(bn.running_var * used) / total)
     return used
 
 

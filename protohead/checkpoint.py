@@ -87,27 +87,82 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping from get_rng_state(), got {type(state).__name__}")
+    # Every part is checked (on scratch generators where possible) before any is restored, so
+    # a bad entry can never leave some streams restored and others not.
     py = state.get("python")
-    if py is not None and not isinstance(py, tuple):
-        raise ValueError(f"state['python'] must be a tuple from random.getstate(), got {py!r}")
+    if py is not None:
+        try:
+            random.Random().setstate(py)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"state['python'] must be a state from random.getstate(), got {py!r:.80} ({err})"
+            ) from err
     cpu = state.get("torch")
-    if cpu is not None and not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8):
-        raise ValueError(f"state['torch'] must be a uint8 tensor, got {type(cpu).__name__}")
+    if cpu is not None:
+        expected = torch.get_rng_state().shape
+        if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8):
+            raise ValueError(f"state['torch'] must be a uint8 tensor, got {_describe(cpu)}")
+        if cpu.shape != expected or cpu.device.type != "cpu":
+            raise ValueError(
+                f"state['torch'] must be a CPU uint8 tensor of shape {tuple(expected)} "
+                f"(torch.get_rng_state()), got shape {tuple(cpu.shape)} on {cpu.device}"
+            )
+    np = _numpy()
     nps = state.get("numpy")
-    if nps is not None and not (isinstance(nps, Mapping) and {"kind", "keys", "pos"} <= set(nps)):
-        raise ValueError(f"state['numpy'] must hold 'kind', 'keys' and 'pos', got {nps!r}")
+    np_state = None if nps is None else _numpy_state(nps, np)
+    cuda = state.get("cuda")
+    if cuda is not None and not (
+        isinstance(cuda, (list, tuple))
+        and all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1 for t in cuda
+        )
+    ):
+        raise ValueError(
+            "state['cuda'] must be a list of 1-d uint8 tensors from "
+            f"torch.cuda.get_rng_state_all(), got {_describe(cuda)}"
+        )
+
     if py is not None:
         random.setstate(py)
     if cpu is not None:
         torch.set_rng_state(cpu)
-    np = _numpy()
-    if nps is not None and np is not None:
-        keys = nps["keys"].numpy().astype(np.uint32)
-        np_state = (nps["kind"], keys, nps["pos"], nps.get("has_gauss", 0), nps.get("gauss", 0.0))
+    if np_state is not None and np is not None:
         np.random.set_state(np_state)
-    cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _numpy_state(nps: Any, np: Any | None) -> tuple[Any, ...] | None:
+    """The legacy numpy state tuple for ``state['numpy']`` (None without numpy), validated."""
+    if not (isinstance(nps, Mapping) and {"kind", "keys", "pos"} <= set(nps)):
+        raise ValueError(f"state['numpy'] must hold 'kind', 'keys' and 'pos', got {nps!r:.200}")
+    keys = nps["keys"]
+    integer = isinstance(keys, torch.Tensor) and not (
+        keys.dtype == torch.bool or keys.is_floating_point() or keys.is_complex()
+    )
+    if not integer or keys.shape != (624,):
+        raise ValueError(
+            "state['numpy']['keys'] must be an integer tensor of shape (624,) (the MT19937 "
+            f"key), got {_describe(keys)}"
+        )
+    # astype(uint32) below would silently wrap values outside the key's range.
+    if not bool(((keys >= 0) & (keys < 2**32)).all()):
+        raise ValueError("state['numpy']['keys'] must hold values in [0, 2**32), got others")
+    if np is None:
+        return None  # numpy is not installed: there is nothing to restore
+    key_array = keys.cpu().numpy().astype(np.uint32)
+    np_state = (nps["kind"], key_array, nps["pos"], nps.get("has_gauss", 0), nps.get("gauss", 0.0))
+    try:
+        np.random.RandomState().set_state(np_state)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"state['numpy'] must be a state from get_rng_state(), got {err}") from err
+    return np_state
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -119,10 +119,19 @@ class PrototypeClassifier(nn.Module):
             z: Features, ``(b, dim)``.
             prototypes: Optional precomputed unit-norm class weights ``(num_classes, dim)``
                 to use instead of :meth:`class_weights`; lets a caller take the memory's
-                prototypes before the memory is updated in the same step.
+                prototypes before the memory is updated in the same step. Ignored in linear
+                mode (``temperature=None``).
+
+        Raises:
+            TypeError: If ``z`` or ``prototypes`` is not a tensor.
+            ValueError: If ``z`` or ``prototypes`` has the wrong shape.
         """
+        if not isinstance(z, Tensor):
+            raise TypeError(f"z must be a Tensor, got {type(z).__name__}")
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(f"z must have shape (b, {self.dim}), got {tuple(z.shape)}")
+        if prototypes is not None and not isinstance(prototypes, Tensor):
+            raise TypeError(f"prototypes must be a Tensor or None, got {type(prototypes).__name__}")
         if self.linear is not None:
             out: Tensor = self.linear(z)
             return out

@@ -6,10 +6,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_gather_variable", "get_rank", "get_world_size", "is_dist_initialized"]
+__all__ = [
+    "all_gather_rows",
+    "all_gather_variable",
+    "get_rank",
+    "get_world_size",
+    "is_dist_initialized",
+]
 
-# torch >= 2.14 renamed all_gather_into_tensor; keep working on older releases too.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+def _all_gather_single(output: Tensor, tensor: Tensor) -> None:
+    # torch >= 2.14 renamed all_gather_into_tensor. Looked up at call time: builds without
+    # distributed support have neither name, and importing protohead must still work there.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, tensor)
 
 
 def is_dist_initialized() -> bool:
@@ -49,7 +59,8 @@ def all_gather_variable(tensor: Tensor) -> Tensor:
     Ranks may hold different numbers of rows: the row counts are exchanged first and every
     tensor is padded to the largest before the collective. Without a process group (or with a
     world size of 1) the input is returned unchanged, so single-process code needs no special
-    case. The result carries no gradient.
+    case. The result carries no gradient. To gather several tensors that share their row
+    count, :func:`all_gather_rows` exchanges the counts (and reads them on the host) once.
 
     Shapes: ``(b_r, *rest)`` on rank ``r`` ``-> (sum_r b_r, *rest)`` on every rank.
 
@@ -64,26 +75,62 @@ def all_gather_variable(tensor: Tensor) -> Tensor:
         >>> all_gather_variable(torch.arange(3)).tolist()  # no process group: identity
         [0, 1, 2]
     """
-    if tensor.ndim == 0:
+    if isinstance(tensor, Tensor) and tensor.ndim == 0:
         raise ValueError("tensor must have at least 1 dimension, got a 0-d tensor")
+    return all_gather_rows(tensor)[0]
+
+
+@torch.no_grad()
+def all_gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """:func:`all_gather_variable` for several tensors with the same number of rows.
+
+    With a process group, the ranks' row counts are exchanged and read on the host once for
+    all the tensors (the one device sync of a distributed gather: the receive buffers must be
+    sized), then each tensor is gathered. Without one, the inputs come back detached.
+
+    Shapes: ``(b_r, *rest_i)`` for tensor ``i`` on rank ``r`` ``-> (sum_r b_r, *rest_i)``.
+
+    Args:
+        *tensors: At least one tensor, each with at least one dimension, all with the same
+            number of rows; each one's trailing dims and dtype must agree across ranks.
+
+    Raises:
+        ValueError: If no tensor is given, one is 0-dimensional, or the row counts differ.
+
+    Example:
+        >>> x, y = all_gather_rows(torch.zeros(4, 2), torch.arange(4))
+        >>> tuple(x.shape), y.tolist()
+        ((4, 2), [0, 1, 2, 3])
+    """
+    if not tensors:
+        raise ValueError("all_gather_rows needs at least one tensor, got none")
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"tensors[{i}] must be a Tensor, got {type(tensor).__name__}")
+        if tensor.ndim == 0:
+            raise ValueError(f"tensors[{i}] must have at least 1 dimension, got a 0-d tensor")
+    local = tensors[0].shape[0]
+    if any(t.shape[0] != local for t in tensors):
+        counts = [t.shape[0] for t in tensors]
+        raise ValueError(f"tensors must have the same number of rows, got {counts}")
     world_size = get_world_size()
     if world_size == 1:
-        return tensor.detach()
+        return tuple(t.detach() for t in tensors)
 
-    tensor = tensor.detach().contiguous()
-    local_rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    all_rows = torch.empty(world_size, device=tensor.device, dtype=torch.long)
+    device = tensors[0].device
+    local_rows = torch.tensor([local], device=device, dtype=torch.long)
+    all_rows = torch.empty(world_size, device=device, dtype=torch.long)
     _all_gather_single(all_rows, local_rows)
-    # The row counts must be known on the host to size the receive buffer; the collective
-    # has already synchronised the ranks, so this read costs no extra stall.
-    rows = all_rows.tolist()
-    max_rows = max(rows)
+    rows = all_rows.tolist()  # the host must size the receive buffers
+    return tuple(_gather_padded(t.detach().contiguous(), rows) for t in tensors)
 
+
+def _gather_padded(tensor: Tensor, rows: list[int]) -> Tensor:
+    world_size, max_rows = len(rows), max(rows)
     if all(r == max_rows for r in rows):
         out = tensor.new_empty((world_size * max_rows, *tensor.shape[1:]))
         _all_gather_single(out, tensor)
         return out
-
     padded = tensor.new_zeros((max_rows, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     gathered = tensor.new_empty((world_size * max_rows, *tensor.shape[1:]))

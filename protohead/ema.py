@@ -82,7 +82,8 @@ class EMATeacher(nn.Module):
         copy_buffers: Copy the student's buffers at each update.
 
     Raises:
-        TypeError: If ``student`` is not an ``nn.Module``.
+        TypeError: If ``student`` is not an ``nn.Module`` or ``momentum_schedule`` is neither
+            callable nor ``None``.
         ValueError: If ``momentum`` is outside ``[0, 1]``, or the schedule returns such a value.
 
     Example:
@@ -106,6 +107,12 @@ class EMATeacher(nn.Module):
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
         self.momentum = _check_momentum("momentum", momentum)
+        # Checked here: a non-callable would otherwise fail only at the first update().
+        if momentum_schedule is not None and not callable(momentum_schedule):
+            raise TypeError(
+                "momentum_schedule must be a callable (num_updates) -> momentum or None, "
+                f"got {type(momentum_schedule).__name__}"
+            )
         self.momentum_schedule = momentum_schedule
         self.copy_buffers = bool(copy_buffers)
         self.num_updates = 0
@@ -123,19 +130,22 @@ class EMATeacher(nn.Module):
         """Move the teacher's parameters towards ``student``'s.
 
         Raises:
-            ValueError: If ``student``'s parameters do not match the teacher's in number,
-                shape or dtype (the teacher is left untouched).
+            ValueError: If ``student``'s parameters (or, with ``copy_buffers``, buffers) do not
+                match the teacher's in number, shape or dtype (the teacher is left untouched).
         """
         momentum = self.current_momentum()
         teacher_params: list[torch.Tensor] = list(self.module.parameters())
         student_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
         _check_same_structure("parameters", teacher_params, student_params)
-        if momentum < 1.0:
-            torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+        # Every check runs before the first write, so a raising update leaves the teacher
+        # exactly as it was.
         if self.copy_buffers:
             teacher_bufs: list[torch.Tensor] = list(self.module.buffers())
             student_bufs: list[torch.Tensor] = list(student.buffers())
             _check_same_structure("buffers", teacher_bufs, student_bufs)
+        if momentum < 1.0:
+            torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+        if self.copy_buffers:
             torch._foreach_copy_(teacher_bufs, student_bufs)
         self.num_updates += 1
 

@@ -64,6 +64,10 @@ class DistributedInfo:
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:
+    if name not in env:
+        raise ValueError(
+            f"environment variable {name} must be set when WORLD_SIZE > 1 (launch with torchrun)"
+        )
     raw = env[name]
     try:
         value = int(raw)
@@ -88,7 +92,9 @@ def init_distributed(
     Args:
         device: ``"cuda"``, ``"cpu"`` or a device; on CUDA the index is replaced by the local rank.
         backend: Process-group backend override.
-        env: Environment to read (default ``os.environ``).
+        env: Where to read ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (default
+            ``os.environ``). The rendezvous itself (``MASTER_ADDR``, ``MASTER_PORT`` and, under
+            torchrun, its agent store) is done by ``torch.distributed`` from ``os.environ``.
 
     Returns:
         This process's :class:`DistributedInfo`.

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from protohead.distributed import all_gather_variable
+from protohead.distributed import all_gather_rows
 
 __all__ = ["PrototypeMemoryBank"]
 
@@ -48,11 +48,13 @@ class PrototypeMemoryBank(nn.Module):
 
     **Distributed.** When ``torch.distributed`` is initialised, :meth:`update` gathers the
     features and labels of all ranks (which may hold different batch sizes) in rank order
-    before enqueueing them, so every rank holds the same memory.
+    before enqueueing them, so every rank holds the same memory. Sizing that gather reads the
+    ranks' row counts on the host, the one device sync of a distributed update.
 
     Buffers in the ``state_dict``: ``features`` ``(size, dim)`` float32, ``labels``
     ``(size,)`` int64 (``-1`` marks an empty slot), ``ptr`` (next write slot) and
-    ``num_skipped_updates``.
+    ``num_skipped_updates``. ``load_state_dict`` checks all of them (shapes, dtypes, label and
+    pointer ranges) before copying any, so a rejected state leaves the memory as it was.
 
     Args:
         dim: Feature dimension, >= 1.
@@ -122,7 +124,6 @@ class PrototypeMemoryBank(nn.Module):
         self.register_buffer(
             "_class_counts", torch.zeros(num_classes + 1, dtype=torch.long), persistent=False
         )
-        self.register_load_state_dict_post_hook(_resync_after_load)
         self.reset(generator=generator)
 
     @torch.no_grad()
@@ -188,28 +189,49 @@ class PrototypeMemoryBank(nn.Module):
         keep = labels >= 0
         return feats[keep], labels[keep]
 
+    def _mode(self) -> str:
+        """``on_invalid`` with ``"auto"`` resolved for the memory's device."""
+        if self.on_invalid != "auto":
+            return self.on_invalid
+        return "raise" if self.features.device.type == "cpu" else "skip"
+
+    def check_labels(self, labels: Tensor) -> None:
+        """Check ``labels`` as :meth:`update` will, without touching any state.
+
+        Lets a caller (e.g. :class:`~protohead.TReX`) reject a bad step before it changes
+        other state. Type, dtype and shape are always checked, without a host sync. The range
+        ``[0, num_classes)`` is checked only when ``on_invalid`` resolves to ``"raise"``
+        (which reads the host anyway); in ``"skip"`` mode :meth:`update` skips such a batch on
+        the device instead.
+
+        Raises:
+            TypeError: If ``labels`` is not an integer tensor.
+            ValueError: If ``labels`` is not 1-d, or (``"raise"`` mode) a label is out of range.
+        """
+        _check_label_form(labels)
+        if self._mode() == "raise" and labels.numel() > 0:
+            lowest, highest = torch.aminmax(labels)
+            if not bool((lowest >= 0) & (highest < self.num_classes)):
+                self._raise_invalid(labels)
+
     def _validate_local(self, features: Tensor, labels: Tensor) -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a Tensor, got {type(features).__name__}")
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ValueError(
                 f"features must have shape (b, {self.dim}), got {tuple(features.shape)}"
             )
         if not features.is_floating_point():
             raise TypeError(f"features must be floating point, got {features.dtype}")
-        if labels.ndim != 1:
-            raise ValueError(f"labels must have shape (b,), got {tuple(labels.shape)}")
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        _check_label_form(labels)
         if labels.shape[0] != features.shape[0]:
             raise ValueError(
                 "features and labels must have the same batch size, got "
                 f"{features.shape[0]} and {labels.shape[0]}"
             )
 
-    def _raise_invalid(self, features: Tensor, labels: Tensor) -> None:
+    def _raise_invalid(self, labels: Tensor) -> None:
+        """Raises for an invalid batch: bad labels if there are any, else bad features."""
         bad = (labels < 0) | (labels >= self.num_classes)
         if bool(bad.any()):
             raise ValueError(
@@ -224,7 +246,7 @@ class PrototypeMemoryBank(nn.Module):
 
         Runs without grad. Features are stored as float32 whatever their dtype. If one
         update (after the distributed gather) holds more rows than ``size``, only the newest
-        ``size`` rows are kept.
+        ``size`` rows are kept; validity is still judged on all rows.
 
         Shapes: ``features (b, dim)``, ``labels (b,)``; ``b`` may differ across ranks.
 
@@ -235,24 +257,24 @@ class PrototypeMemoryBank(nn.Module):
         """
         self._validate_local(features, labels)
         device = self.features.device
-        features = all_gather_variable(features.to(device=device, dtype=torch.float32))
-        labels = all_gather_variable(labels.to(device=device, dtype=torch.long))
-        rows = features.shape[0]
-        if rows == 0:
+        features, labels = all_gather_rows(
+            features.to(device=device, dtype=torch.float32),
+            labels.to(device=device, dtype=torch.long),
+        )
+        if features.shape[0] == 0:
             return
-        if rows > self.size:
-            features, labels = features[-self.size :], labels[-self.size :]
-            rows = self.size
 
+        # Validity covers every gathered row, also those an oversized batch drops below: an
+        # invalid batch is rejected (or skipped) as a whole, whatever its size.
         # x * 0 is 0 for every finite x and NaN for NaN/inf: one cheap pass instead of isfinite.
         lowest, highest = torch.aminmax(labels)
         valid = (features.mul(0).sum() == 0) & (lowest >= 0) & (highest < self.num_classes)
-        mode = self.on_invalid
-        if mode == "auto":
-            mode = "raise" if device.type == "cpu" else "skip"
-        if mode == "raise":
-            if not bool(valid):
-                self._raise_invalid(features, labels)
+        raise_mode = self._mode() == "raise"
+        if raise_mode and not bool(valid):
+            self._raise_invalid(labels)
+        if features.shape[0] > self.size:
+            features, labels = features[-self.size :], labels[-self.size :]
+        if raise_mode:
             self._write_checked(features, labels)
         else:
             self._write_gated(features, labels, valid)
@@ -300,6 +322,65 @@ class PrototypeMemoryBank(nn.Module):
         self.labels.index_copy_(0, slots, labels)
         self.ptr.copy_((self.ptr + rows * weight) % self.size)
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # PyTorch copies buffer by buffer, so one bad entry would leave the ring half-loaded
+        # (or, with labels >= num_classes, make resync() index out of bounds). Every incoming
+        # entry is checked first; on any problem nothing of this module is copied and the
+        # messages go to error_msgs, from which load_state_dict raises its RuntimeError.
+        problems = self._state_problems(state_dict, prefix)
+        if problems:
+            error_msgs.extend(problems)
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.resync()  # the running sums are derived state, not saved
+
+    def _state_problems(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
+        """Why the incoming entries of this module cannot be loaded (empty when they can)."""
+        problems: list[str] = []
+
+        def bad(name: str, allowed: str, got: object) -> None:
+            problems.append(f"{prefix}{name} must be {allowed}, got {got}")
+
+        size, classes = self.size, self.num_classes
+        feats = state_dict.get(prefix + "features")
+        if feats is not None:
+            if not isinstance(feats, Tensor) or feats.shape != (size, self.dim):
+                bad("features", f"a tensor of shape ({size}, {self.dim})", _describe(feats))
+            elif not feats.is_floating_point():
+                bad("features", "floating point", feats.dtype)
+            elif not bool(torch.isfinite(feats).all()):
+                bad("features", "finite", "NaN or inf")
+        labels = state_dict.get(prefix + "labels")
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.shape != (size,):
+                bad("labels", f"a tensor of shape ({size},)", _describe(labels))
+            elif not _is_integer(labels):
+                bad("labels", "an integer tensor", labels.dtype)
+            elif not bool(((labels >= -1) & (labels < classes)).all()):
+                outside = labels[(labels < -1) | (labels >= classes)].unique()[:8].tolist()
+                bad("labels", f"in [-1, {classes}) (-1: empty slot)", f"values {outside}")
+        for name, high in (("ptr", size), ("num_skipped_updates", None)):
+            value = state_dict.get(prefix + name)
+            allowed = f"a 0-d integer tensor in [0, {high})" if high else "a 0-d integer >= 0"
+            if value is None:
+                continue
+            if not isinstance(value, Tensor) or value.ndim != 0 or not _is_integer(value):
+                bad(name, allowed, _describe(value))
+            elif int(value) < 0 or (high is not None and int(value) >= high):
+                bad(name, allowed, int(value))
+        return problems
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, num_classes={self.num_classes}, "
@@ -307,6 +388,21 @@ class PrototypeMemoryBank(nn.Module):
         )
 
 
-def _resync_after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    if isinstance(module, PrototypeMemoryBank):
-        module.resync()
+def _is_integer(tensor: Tensor) -> bool:
+    return not (tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex())
+
+
+def _check_label_form(labels: Tensor) -> None:
+    """Type, rank and dtype of a labels argument: checks that never read the device."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (b,), got {tuple(labels.shape)}")
+    if not _is_integer(labels):
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
-from protohead.backbone import BackboneAdapter
+from protohead.backbone import BackboneAdapter, _is_timm_model
 from protohead.classifier import PrototypeClassifier
 from protohead.ema import EMATeacher, MomentumSchedule
 from protohead.encoder import MultiCropEncoder, group_by_resolution
@@ -78,10 +78,14 @@ class TReX(nn.Module):
     Args:
         backbone: A torchvision/timm model name (``"resnet50"``, ``"timm:NAME"``), a
             :class:`~protohead.BackboneAdapter`, a torchvision/timm classification model
-            (wrapped in a :class:`~protohead.BackboneAdapter`, sharing its parameters), or any
-            module mapping images to ``(b, feature_dim)`` features when ``feature_dim`` is given.
+            (always wrapped in a :class:`~protohead.BackboneAdapter`, sharing its parameters,
+            so its classifier is dropped), or any module mapping images to
+            ``(b, feature_dim)`` features when ``feature_dim`` is given. Other modules are
+            wrapped only when ``feature_dim`` is ``None``; a torchvision model whose classifier
+            was already removed (e.g. ``fc = nn.Identity()``) is used as is.
         num_classes: Number of training classes, >= 1.
-        feature_dim: Backbone feature dimension; inferred for adapters and names.
+        feature_dim: Backbone feature dimension; inferred for adapters, names and wrapped
+            models, for which a given value must equal the inferred one.
         projector_hidden_layers: Projector depth (3: t-ReX, 1: t-ReX*), or ``None`` for none.
         projector_hidden_dim: Projector width.
         projector_out_dim: Projector bottleneck dimension.
@@ -206,8 +210,14 @@ class TReX(nn.Module):
             ``(n b, num_classes)`` logits in crop-major order.
 
         Raises:
-            ValueError: If ``labels`` does not have shape ``(b,)`` or there are fewer crops
-                than ``num_global_crops`` when the memory is updated.
+            TypeError: If ``labels`` is not an integer tensor.
+            ValueError: If ``labels`` does not have shape ``(b,)``; or, when the memory is
+                updated, if there are fewer crops than ``num_global_crops`` or (with the
+                memory's ``on_invalid`` resolving to ``"raise"``) a label lies outside
+                ``[0, num_classes)``. These are checked before any state changes. Non-finite
+                teacher features can only be detected after the student and teacher ran: the
+                memory then raises (or skips the batch) untouched, but the teacher's EMA step
+                (weights, ``num_updates``) and both models' BatchNorm statistics are kept.
         """
         crop_list = [crops] if isinstance(crops, Tensor) else list(crops)
         group_by_resolution(crop_list)  # validates the crop list before any work
@@ -219,6 +229,15 @@ class TReX(nn.Module):
                 raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
 
         update_memory = self.training and labels is not None and self.teacher is not None
+        if update_memory and labels is not None and self.memory is not None:
+            # Checked before the student's and teacher's forward passes and the EMA step, which
+            # all change state (BN statistics, weights, num_updates): a rejected step must not.
+            if len(crop_list) < self.num_global_crops:
+                raise ValueError(
+                    f"crops must hold at least num_global_crops={self.num_global_crops} "
+                    f"tensors, got {len(crop_list)}"
+                )
+            self.memory.check_labels(labels)  # host sync only in on_invalid="raise" mode
         prototypes = self.classifier.class_weights() if self.memory is not None else None
         logits: Tensor = self.classifier(self.student(crop_list), prototypes)
         if update_memory and labels is not None:
@@ -229,11 +248,6 @@ class TReX(nn.Module):
     def _feed_memory(self, crops: list[Tensor], labels: Tensor) -> None:
         if self.teacher is None or self.memory is None:
             return
-        if len(crops) < self.num_global_crops:
-            raise ValueError(
-                f"crops must hold at least num_global_crops={self.num_global_crops} tensors, "
-                f"got {len(crops)}"
-            )
         self.teacher.update(self.student)
         global_crops = crops[: self.num_global_crops]
         features = self.teacher(global_crops)
@@ -274,16 +288,34 @@ def _resolve_backbone(
         raise ValueError("small_input_stem=True needs a backbone name; build a BackboneAdapter")
     if isinstance(backbone, BackboneAdapter):
         return backbone, _checked_dim(feature_dim, backbone.feature_dim)
-    if feature_dim is None:
+    # A torchvision/timm classifier returns logits, so it is wrapped even when feature_dim is
+    # given: used raw it would train on class logits (feature_dim=1000) or fail later.
+    if feature_dim is None or _is_library_model(backbone):
         try:
             adapter = BackboneAdapter(backbone)
         except ValueError as err:
-            raise ValueError(
-                "feature_dim must be given for a backbone that is not a torchvision/timm "
-                f"classifier ({err})"
-            ) from err
-        return adapter, adapter.feature_dim
+            if feature_dim is None:
+                raise ValueError(
+                    "feature_dim must be given for a backbone that is not a torchvision/timm "
+                    f"classifier ({err})"
+                ) from err
+            # No classifier to drop (e.g. fc = nn.Identity()): the model returns features.
+        else:
+            if feature_dim is not None and feature_dim != adapter.feature_dim:
+                raise ValueError(
+                    f"feature_dim must match the {adapter.arch} backbone's pooled feature "
+                    f"width {adapter.feature_dim} (its classifier is dropped), got {feature_dim}"
+                )
+            return adapter, adapter.feature_dim
     return backbone, _checked_dim(feature_dim, feature_dim)
+
+
+def _is_library_model(module: nn.Module) -> bool:
+    """Whether ``module`` is (a subclass of) a torchvision or timm model class."""
+    prefixes = ("torchvision.models.", "timm.models.")
+    return _is_timm_model(module) or any(
+        cls.__module__.startswith(prefixes) for cls in type(module).__mro__
+    )
 
 
 def _checked_dim(given: int | None, actual: int) -> int:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from protohead import TReX
@@ -96,3 +102,47 @@ def test_rejects_bad_arguments(value, error):
         recalibrate_batchnorm(_net(), [], num_batches=value)
     with pytest.raises(TypeError, match="module must be an nn.Module, got str"):
         recalibrate_batchnorm("net", [], num_batches=1)  # type: ignore[arg-type]
+
+
+def _bn_worker(rank: int, init_file: str, out_dir: str, rank1_batches: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        data = _rank_batches()[rank][: 2 if rank == 0 else rank1_batches]
+        net = _net()
+        used = recalibrate_batchnorm(net, data, num_batches=5)
+        torch.save({"used": used, "bn": net[1].state_dict()}, Path(out_dir) / f"bn{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_batches() -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(3)
+    return [[torch.randn(8, 3, generator=gen) + 4.0 * r for _ in range(2)] for r in range(2)]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("rank1_batches", [0, 1])
+def test_ranks_are_weighted_by_batches_and_an_empty_rank_does_not_hang(tmp_path, rank1_batches):
+    mp.spawn(
+        _bn_worker,
+        args=(str(tmp_path / "init"), str(tmp_path), rank1_batches),
+        nprocs=2,
+        join=True,
+    )
+    r0, r1 = (torch.load(tmp_path / f"bn{r}.pt") for r in range(2))
+    assert (r0["used"], r1["used"]) == (2, rank1_batches)
+    assert torch.equal(r0["bn"]["running_mean"], r1["bn"]["running_mean"])
+    # The same batches on one process give the batch-weighted average of the two ranks.
+    batches = _rank_batches()
+    single = _net()
+    recalibrate_batchnorm(single, batches[0][:2] + batches[1][:rank1_batches], num_batches=5)
+    torch.testing.assert_close(r0["bn"]["running_mean"], single[1].running_mean)
+    torch.testing.assert_close(r0["bn"]["running_var"], single[1].running_var)

@@ -162,3 +162,57 @@ def test_find_resume_checkpoint_prefers_explicit_then_output_dir(tmp_path):
     assert find_resume_checkpoint(other, tmp_path) == other
     with pytest.raises(FileNotFoundError, match=r"resume checkpoint '.*nope.pth' does not exist"):
         find_resume_checkpoint(tmp_path / "nope.pth", tmp_path)
+
+
+def _current_states() -> tuple:
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
+
+
+def _assert_states_equal(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    for x, y in zip(a[1], b[1], strict=True):
+        assert np.array_equal(x, y)
+    assert torch.equal(a[2], b[2])
+
+
+def _with_numpy(**changes: object) -> dict:
+    saved = get_rng_state()
+    return {**saved, "numpy": {**saved["numpy"], **changes}}
+
+
+@pytest.mark.parametrize(
+    ("make_state", "match"),
+    [
+        (lambda: _with_numpy(keys=torch.zeros(624)), r"state\['numpy'\]\['keys'\] must be an int"),
+        (
+            lambda: _with_numpy(keys=torch.zeros(10, dtype=torch.long)),
+            r"state\['numpy'\]\['keys'\] must be .* shape \(624,\)",
+        ),
+        (lambda: _with_numpy(keys=[0] * 624), r"state\['numpy'\]\['keys'\] must be .*got list"),
+        (
+            lambda: _with_numpy(keys=torch.full((624,), 2**33)),
+            r"state\['numpy'\]\['keys'\] must hold values in \[0, 2\*\*32\)",
+        ),
+        (lambda: _with_numpy(kind="PCG64"), r"state\['numpy'\] must be a state"),
+        (
+            lambda: {**get_rng_state(), "torch": torch.zeros(10, dtype=torch.uint8)},
+            r"state\['torch'\] must be a CPU uint8 tensor of shape \(\d+,\)",
+        ),
+        (
+            lambda: {**get_rng_state(), "cuda": [torch.zeros(16)]},
+            r"state\['cuda'\] must be a list of 1-d uint8 tensors",
+        ),
+        (lambda: {**get_rng_state(), "cuda": "gpu"}, r"state\['cuda'\] must be a list"),
+        (
+            lambda: {**get_rng_state(), "python": (3, (1, 2), None)},
+            r"state\['python'\] must be a state from random.getstate\(\)",
+        ),
+    ],
+)
+def test_set_rng_state_checks_every_part_before_restoring_any(make_state, match):
+    state = make_state()  # valid parts hold the current states, the streams then move on
+    random.random(), np.random.rand(), torch.rand(1)  # noqa: NPY002
+    now = _current_states()
+    with pytest.raises(ValueError, match=match):
+        set_rng_state(state)
+    _assert_states_equal(_current_states(), now)

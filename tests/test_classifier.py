@@ -134,3 +134,12 @@ def test_constructor_validation(kwargs, exc, match):
 def test_wrong_input_shape_raises():
     with pytest.raises(ValueError, match=r"z must have shape \(b, 4\), got \(2, 5\)"):
         PrototypeClassifier(4, 3)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("temperature", [0.1, None])
+def test_non_tensor_inputs_raise_type_error(temperature):
+    clf = PrototypeClassifier(3, 2, temperature=temperature)
+    with pytest.raises(TypeError, match="prototypes must be a Tensor or None, got list"):
+        clf(torch.randn(4, 3), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="z must be a Tensor, got list"):
+        clf([[1.0, 0.0, 0.0]])  # type: ignore[arg-type]

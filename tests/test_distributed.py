@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from protohead import PrototypeMemoryBank, TReX, all_gather_variable
+from protohead import PrototypeMemoryBank, TReX, all_gather_rows, all_gather_variable
 
 pytestmark = pytest.mark.distributed
 
@@ -39,8 +41,16 @@ def _memory_worker(rank: int, init_file: str, out_dir: str) -> None:
             torch.randn(0, 5), torch.zeros(0, dtype=torch.long)
         )  # an empty rank-local batch
         gathered = all_gather_variable(torch.full((rank + 1, 2), float(rank)))
+        pair = all_gather_rows(
+            torch.full((rank + 1, 3), float(rank)), torch.arange(rank + 1) + 10 * rank
+        )
         torch.save(
-            {"state": bank.state_dict(), "protos": bank.prototypes(), "gathered": gathered},
+            {
+                "state": bank.state_dict(),
+                "protos": bank.prototypes(),
+                "gathered": gathered,
+                "pair": pair,
+            },
             Path(out_dir) / f"rank{rank}.pt",
         )
     finally:
@@ -88,6 +98,9 @@ def test_memory_identical_across_ranks_with_different_batch_sizes(tmp_path):
     assert int(r0["state"]["ptr"]) == 60 % 16
     assert r0["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     assert torch.equal(r0["gathered"], r1["gathered"])
+    for r in (r0, r1):  # one count exchange for both tensors, rows stay paired
+        features, labels = r["pair"]
+        assert features[:, 0].tolist() == [0.0, 1.0, 1.0] and labels.tolist() == [0, 10, 11]
 
 
 def test_trex_memory_gathers_teacher_features_from_all_ranks(tmp_path):
@@ -105,3 +118,33 @@ def test_gather_without_process_group_is_identity():
     assert torch.equal(all_gather_variable(x), x)
     with pytest.raises(ValueError, match="at least 1 dimension"):
         all_gather_variable(torch.tensor(1.0))
+    y = torch.arange(3)
+    gx, gy = all_gather_rows(x, y)
+    assert torch.equal(gx, x) and torch.equal(gy, y)
+
+
+def test_gather_rows_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one tensor"):
+        all_gather_rows()
+    with pytest.raises(ValueError, match=r"same number of rows, got \[3, 2\]"):
+        all_gather_rows(torch.zeros(3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"tensors\[1\] must have at least 1 dimension"):
+        all_gather_rows(torch.zeros(3), torch.tensor(1))
+    with pytest.raises(TypeError, match=r"tensors\[0\] must be a Tensor, got list"):
+        all_gather_rows([1, 2])  # type: ignore[arg-type]
+
+
+def test_import_works_on_torch_builds_without_distributed_collectives():
+    # Builds without distributed support only stub torch.distributed; importing protohead and
+    # single-process gathers must still work there.
+    code = (
+        "import torch, torch.distributed as d\n"
+        "for name in ('all_gather_into_tensor', 'all_gather_single'):\n"
+        "    if hasattr(d, name): delattr(d, name)\n"
+        "import protohead\n"
+        "print(protohead.all_gather_variable(torch.arange(2)).tolist())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[0, 1]"

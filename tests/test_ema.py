@@ -138,3 +138,29 @@ def test_mismatched_student_raises_and_teacher_untouched():
         assert torch.equal(a, b)
     with pytest.raises(TypeError, match="student must be an nn.Module"):
         EMATeacher("resnet")  # type: ignore[arg-type]
+
+
+def test_buffer_mismatch_with_copy_buffers_raises_before_any_write():
+    student = make_student()
+    teacher = EMATeacher(student, momentum=0.5, copy_buffers=True)
+    before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
+    # Same parameters, but a BatchNorm without running statistics: no buffers to copy.
+    other = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 2)
+    )
+    perturb(other, 2)
+    with pytest.raises(
+        ValueError, match="student must have the teacher.s buffers: expected 3 tensors, got 0"
+    ):
+        teacher.update(other)
+    for key, value in teacher.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert teacher.num_updates == 0
+
+
+@pytest.mark.parametrize("schedule", [0.99, "cosine"])
+def test_non_callable_momentum_schedule_is_rejected_at_construction(schedule):
+    with pytest.raises(
+        TypeError, match=f"momentum_schedule must be a callable .* got {type(schedule).__name__}"
+    ):
+        EMATeacher(make_student(), momentum_schedule=schedule)  # type: ignore[arg-type]

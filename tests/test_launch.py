@@ -28,6 +28,7 @@ def test_single_process_creates_no_process_group(env):
         ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an int, got 'two'"),
         ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK must be >= 0, got -1"),
         ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK must be < WORLD_SIZE=2, got 2"),
+        ({"WORLD_SIZE": "2"}, "RANK must be set when WORLD_SIZE > 1"),
     ],
 )
 def test_malformed_torchrun_environment_is_rejected(env, match):

@@ -192,3 +192,106 @@ def test_skip_mode_ignores_invalid_batch_without_raising():
 def test_constructor_validation(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         PrototypeMemoryBank(**kwargs)
+
+
+def _snapshot(bank: PrototypeMemoryBank) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in bank.state_dict().items()}
+
+
+def _assert_unchanged(bank: PrototypeMemoryBank, before: dict[str, torch.Tensor]) -> None:
+    for key, value in bank.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def _edited_state(**changes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A valid state of a (dim 3, size 8, 3 classes) bank with some entries replaced."""
+    source = PrototypeMemoryBank(3, 8, 3, generator=torch.Generator().manual_seed(1))
+    source.update(torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]))
+    return {**source.state_dict(), **changes}
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        (
+            PrototypeMemoryBank(3, 16, 3).state_dict(),
+            r"features must be a tensor of shape \(8, 3\), got a torch.float32 tensor of shape "
+            r"\(16, 3\)(.|\n)*labels must be a tensor of shape \(8,\)",
+        ),
+        (
+            _edited_state(labels=torch.tensor([0, 1, 9, 2, -1, 4, 0, 1])),
+            r"labels must be in \[-1, 3\) \(-1: empty slot\), got values \[4, 9\]",
+        ),
+        (
+            _edited_state(labels=torch.zeros(8)),
+            "labels must be an integer tensor, got torch.float32",
+        ),
+        (_edited_state(features=torch.ones(8, 3, dtype=torch.long)), "features must be floating"),
+        (_edited_state(features=torch.full((8, 3), float("nan"))), "features must be finite"),
+        (
+            _edited_state(ptr=torch.tensor(20)),
+            r"ptr must be a 0-d integer tensor in \[0, 8\), got 20",
+        ),
+        (_edited_state(ptr=torch.tensor([1])), r"ptr must be a 0-d integer tensor in \[0, 8\)"),
+        (_edited_state(ptr=torch.tensor(1.0)), r"ptr must be a 0-d integer tensor"),
+        (
+            _edited_state(num_skipped_updates=torch.tensor(-3)),
+            "num_skipped_updates must be .* >= 0",
+        ),
+    ],
+)
+def test_bad_state_dict_is_rejected_before_anything_is_copied(state, match):
+    bank = PrototypeMemoryBank(3, 8, 3, generator=torch.Generator().manual_seed(0))
+    bank.update(torch.randn(3, 3), torch.tensor([2, 1, 0]))
+    before, sums_before = _snapshot(bank), bank._class_sums.clone()
+    with pytest.raises(RuntimeError, match=match):
+        bank.load_state_dict(state)
+    _assert_unchanged(bank, before)
+    assert torch.equal(bank._class_sums, sums_before)
+    bank.update(torch.randn(2, 3), torch.tensor([0, 2]))  # still works
+    assert int(bank.ptr) == 5
+
+
+def test_valid_state_dict_with_other_dtypes_loads_and_resyncs():
+    state = _edited_state()
+    state["labels"] = state["labels"].int()
+    bank = PrototypeMemoryBank(3, 8, 3, init="empty")
+    bank.load_state_dict(state)
+    assert bank.labels.dtype == torch.long
+    assert torch.equal(bank.labels, state["labels"].long())
+    assert int(bank.class_counts.sum()) == 8
+
+
+def test_oversized_batch_is_judged_on_all_rows():
+    bank = PrototypeMemoryBank(1, 3, 10, init="empty")
+    before = _snapshot(bank)
+    labels = torch.tensor([99, 1, 2, 3, 4, 5, 6])  # the bad row is older than the kept 3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\), got values \[99\]"):
+        bank.update(torch.arange(7.0).unsqueeze(1), labels)
+    _assert_unchanged(bank, before)
+    nan_first = torch.arange(7.0).unsqueeze(1)
+    nan_first[0] = float("nan")
+    with pytest.raises(ValueError, match="features must be finite"):
+        bank.update(nan_first, torch.arange(7))
+
+    skipper = PrototypeMemoryBank(1, 3, 10, init="empty", on_invalid="skip")
+    skipper.update(torch.arange(7.0).unsqueeze(1), labels)
+    assert int(skipper.num_skipped_updates) == 1
+    assert int(skipper.num_filled) == 0
+
+
+def test_check_labels_checks_form_always_and_range_only_in_raise_mode():
+    raiser = PrototypeMemoryBank(2, 4, 3, on_invalid="raise")
+    skipper = PrototypeMemoryBank(2, 4, 3, on_invalid="skip")
+    raiser.check_labels(torch.tensor([0, 2]))
+    raiser.check_labels(torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got values \[-1, 3\]"):
+        raiser.check_labels(torch.tensor([-1, 3, 0]))
+    skipper.check_labels(torch.tensor([-1, 3, 0]))  # left to update(), which skips on device
+    for bank in (raiser, skipper):
+        with pytest.raises(TypeError, match="labels must be an integer tensor, got torch.float32"):
+            bank.check_labels(torch.tensor([0.0, 1.0]))
+        with pytest.raises(ValueError, match=r"labels must have shape \(b,\), got \(1, 2\)"):
+            bank.check_labels(torch.tensor([[0, 1]]))
+        with pytest.raises(TypeError, match="labels must be a Tensor, got list"):
+            bank.check_labels([0, 1])  # type: ignore[arg-type]

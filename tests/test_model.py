@@ -305,3 +305,66 @@ def test_training_step_has_no_host_sync_in_skip_mode(monkeypatch):
     loss.backward()
     monkeypatch.undo()
     assert int(model.memory.ptr) == 3
+
+
+def _full_state(model: TReX) -> dict:
+    return {
+        k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("labels", "num_global_crops", "exc", "match"),
+    [
+        (torch.tensor([0, 1, 9]), 1, ValueError, r"labels must lie in \[0, 4\), got values \[9\]"),
+        (torch.tensor([0.0, 1.0, 2.0]), 1, TypeError, "labels must be an integer tensor"),
+        (torch.tensor([0, 1, 2]), 2, ValueError, "at least num_global_crops=2 tensors, got 1"),
+    ],
+)
+def test_rejected_step_leaves_every_state_bit_identical(labels, num_global_crops, exc, match):
+    """Student and teacher BN statistics, EMA weights, num_updates and memory stay as they were."""
+    model = tiny_trex(num_global_crops=num_global_crops).train()
+    crops, good = make_crops(num_local=1)
+    model(crops, good)  # a real step first, so the states are not the initial ones
+    before = _full_state(model)
+    assert before["teacher._extra_state"] == {"num_updates": 1}
+    with pytest.raises(exc, match=match):
+        model(crops[:1], labels)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in after.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, before[key]), key
+        else:
+            assert value == before[key], key
+
+
+def test_skip_mode_steps_the_teacher_and_skips_bad_labels_in_the_memory():
+    model = tiny_trex(on_invalid="skip", memory_init="empty").train()
+    crops, _ = make_crops()
+    model(crops, torch.tensor([0, 1, 9]))
+    assert model.teacher is not None and model.teacher.num_updates == 1
+    assert int(model.memory.num_skipped_updates) == 1
+    assert int(model.memory.num_filled) == 0
+
+
+def test_torchvision_classifier_is_wrapped_even_with_feature_dim():
+    resnet = torchvision.models.resnet18(num_classes=7)
+    model = TReX(resnet, num_classes=4, feature_dim=512, projector_hidden_dim=16, memory_size=8)
+    assert isinstance(model.backbone, BackboneAdapter)
+    assert model.extract_features(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    crops, labels = make_crops()
+    assert model.train()(crops, labels).shape == (9, 4)
+    for wrong in (1000, 7):  # the stock logits' width, the caller model's num_classes
+        with pytest.raises(
+            ValueError, match=rf"feature_dim must match the ResNet backbone's .* 512 .*got {wrong}"
+        ):
+            TReX(torchvision.models.resnet18(), num_classes=4, feature_dim=wrong)
+
+
+def test_torchvision_model_without_classifier_is_used_as_given():
+    resnet = torchvision.models.resnet18()
+    resnet.fc = nn.Identity()
+    model = TReX(resnet, num_classes=4, feature_dim=512, projector_hidden_dim=16, memory_size=8)
+    assert model.backbone is resnet
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
-from protohead.evaluation import fashion_mnist
+from protohead.evaluation import cli, fashion_mnist
 from protohead.evaluation.cli import main
+from protohead.evaluation.datasets import TransferDataset
 from protohead.model import TReX
 
 FAST = ["--resize", "32", "--crop", "32", "--seeds", "0", "1", "--grid-points", "5",
@@ -109,3 +114,91 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["plot", str(tmp_path / "missing.json"), "--out", str(tmp_path / "f.png")])
+
+
+def image_folder(root: Path, names: list[str], *, corrupt: str | None = None) -> list[str]:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), color=(len(name) * 20 % 255, 0, 0)).save(root / name)
+    if corrupt is not None:
+        (root / corrupt).write_bytes(b"not an image")  # a .png that PIL cannot open
+    return [str(root / "train"), str(root / "test")]
+
+
+def test_failing_datasets_are_recorded_and_the_others_still_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    names = [f"{split}/{c}/{i}.png" for split in ("train", "test") for c in "ab" for i in range(3)]
+    corrupt = image_folder(tmp_path / "corrupt", names, corrupt="train/a/1.png")
+    tiny = image_folder(tmp_path / "tiny", ["train/a/0.png", *names[3:]])  # class a: 1 image
+    out = tmp_path / "r.json"
+    argv = ["--arch", "resnet18", *FAKE, "--dataset", "dtd", "--data-root", str(tmp_path),
+            "--image-folder", "corrupt", *corrupt, "--image-folder", "tiny", *tiny,
+            *FAST, "--no-cache", "--output", str(out), "-q"]  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="protohead.evaluation"):
+        assert main(argv) == 1  # failed beats missing (3)
+    stdout = capsys.readouterr().out
+    assert "mean (1 of 4)" in stdout
+    assert "not in the mean (missing): dtd" in stdout
+    assert "not in the mean (failed): corrupt, tiny" in stdout
+    report = json.loads(out.read_text())
+    entries = {d["name"]: d for d in report["datasets"]}
+    assert [entries[n]["status"] for n in ("fake", "dtd", "corrupt", "tiny")] == [
+        "ok", "missing", "failed", "failed"
+    ]  # fmt: skip
+    assert isinstance(entries["fake"]["converged"], bool)
+    assert len(entries["fake"]["stop_reasons"]) == 2  # one final fit per seed
+    assert entries["corrupt"]["missing_reason"].startswith("corrupt: UnidentifiedImageError: ")
+    assert entries["tiny"]["missing_reason"].startswith(
+        "tiny: ValueError: every class needs at least 2 samples"
+    )
+    assert report["summary"]["failed"] == ["corrupt", "tiny"]
+    assert report["summary"]["mean_log_odds"] == entries["fake"]["log_odds"]
+    assert "corrupt failed, continuing with the other datasets" in caplog.text
+
+
+def test_device_and_seeds_are_checked_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not be loaded for a usage error")
+
+    monkeypatch.setattr(cli, "load_backbone", no_model)
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
+    cases = [
+        (
+            ["--device", absent],
+            rf"--device must be a device of this machine \(.*\), got '{absent}'",
+        ),
+        (
+            ["--device", "tpu"],
+            "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'",
+        ),
+        (["--seeds", "0", "0"], r"--seeds must be distinct, got \[0, 0\]"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--arch", "resnet18", *FAKE, *extra])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err), extra
+
+
+def test_dataset_validation_split_reaches_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int | None] = []
+    real_build, real_probe = cli.build_dataset, cli.linear_probe
+
+    def build(*args: Any, **kwargs: Any) -> TransferDataset:
+        return dataclasses.replace(real_build(*args, **kwargs), val_per_class=3)
+
+    def probe(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["val_per_class"])
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "build_dataset", build)
+    monkeypatch.setattr(cli, "linear_probe", probe)
+    out = tmp_path / "r.json"
+    assert main(["--arch", "resnet18", *FAKE, *FAST, "--no-cache", "--output", str(out), "-q"]) == 0
+    assert seen == [3]
+    assert json.loads(out.read_text())["settings"]["search"]["val_per_class"] == {"fake": 3}

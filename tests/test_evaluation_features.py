@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 import protohead.evaluation.features as features_module
 from protohead.evaluation.cache import FeatureCache
+from protohead.evaluation.datasets import image_folder_pair
 from protohead.evaluation.features import TransformConfig, cached_features, extract_features
 
 
@@ -124,3 +126,54 @@ def test_cache_hit_on_second_run_and_invalidated_by_weight_change(
     assert no_cache[2] is False
     grown = TensorDataset(torch.randn(6, 3, 8, 8), torch.arange(6))
     assert cached_features(net, grown, **kwargs)[2] is False  # type: ignore[arg-type]
+
+
+def write_folder(root: Path, size: int, color: tuple[int, int, int]) -> None:
+    for name in ("train/a/1.png", "train/a/2.png", "train/b/3.png", "test/a/4.png", "test/b/5.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), color=color).save(root / name)
+
+
+def folder_features(cache: FeatureCache, train: str | Path, test: str | Path) -> tuple[object, ...]:
+    data = image_folder_pair("mine", train, test, transform=TransformConfig(8, 8).build())
+    return cached_features(
+        small_net(),
+        data.trainval,
+        cache=cache,
+        dataset_config=data.config,
+        split="trainval",
+        transform_config=TransformConfig(8, 8).as_dict(),
+        device="cpu",
+        progress=False,
+    )
+
+
+def test_rewritten_image_folder_misses_the_cache(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    write_folder(tmp_path / "data", 8, (255, 0, 0))
+    train, test = tmp_path / "data" / "train", tmp_path / "data" / "test"
+    first = folder_features(cache, train, test)
+    assert first[2] is False and folder_features(cache, train, test)[2] is True
+    write_folder(tmp_path / "data", 12, (0, 0, 255))  # same files, same count, new images
+    rewritten = folder_features(cache, train, test)
+    assert rewritten[2] is False
+    assert not torch.allclose(rewritten[0], first[0])  # type: ignore[arg-type]
+    # Same bytes, but a newer modification time: the file may have changed, so recompute.
+    stat = (train / "a" / "1.png").stat()
+    os.utime(train / "a" / "1.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert folder_features(cache, train, test)[2] is False
+
+
+def test_same_relative_path_from_another_directory_misses_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    write_folder(tmp_path / "one" / "data", 8, (255, 0, 0))
+    write_folder(tmp_path / "two" / "data", 8, (0, 255, 0))
+    monkeypatch.chdir(tmp_path / "one")
+    first = folder_features(cache, "data/train", "data/test")
+    assert first[2] is False and folder_features(cache, "data/train", "data/test")[2] is True
+    monkeypatch.chdir(tmp_path / "two")
+    other = folder_features(cache, "data/train", "data/test")
+    assert other[2] is False
+    assert not torch.allclose(other[0], first[0])  # type: ignore[arg-type]

@@ -136,6 +136,8 @@ def test_solution_beats_perturbations(c: float, seed: int) -> None:
     [
         ({"C": 0.0}, ValueError, "C must be a finite number > 0, got 0.0"),
         ({"C": float("inf")}, ValueError, "C must be a finite number > 0"),
+        ({"C": True}, ValueError, "C must be a finite number > 0, got True"),
+        ({"tol": True}, ValueError, "tol must be a finite number > 0, got True"),
         ({"max_iter": 0}, ValueError, "max_iter must be an int >= 1, got 0"),
         ({"tol": -1.0}, ValueError, "tol must be a finite number > 0, got -1.0"),
         ({"history_size": 0}, ValueError, "history_size must be an int >= 1"),
@@ -164,6 +166,14 @@ def test_fit_rejects_bad_inputs() -> None:
         clf.fit(x, y[:5])
     with pytest.raises(ValueError, match="X must contain only finite values"):
         clf.fit(torch.full((6, 3), float("nan")), y)
+    huge = torch.full((6, 3), 1e39, dtype=torch.float64)  # finite, beyond float32's 3.4e38
+    with pytest.raises(
+        ValueError,
+        match=r"X must fit in torch.float32 \(\|value\| <= 3.403e\+38\), got finite "
+        r"values up to 1e\+39 that overflow it; fit in torch.float64",
+    ):
+        clf.fit(huge, y)
+    assert LogisticRegression(dtype=torch.float64).fit(huge, y).coef_.dtype == torch.float64
     with pytest.raises(ValueError, match=r"y must hold labels in \[0, 2\), got range \[0, 2\]"):
         clf.fit(x, y, num_classes=2)
     with pytest.raises(ValueError, match=r"y must hold labels in \[0, 3\), got range \[-1, 2\]"):
@@ -188,7 +198,7 @@ def test_fits_on_gpu_like_on_cpu() -> None:
 
 
 def test_finiteness_check_is_exact_even_when_the_sum_overflows() -> None:
-    from protohead.evaluation.logreg import _all_finite
+    from protohead.evaluation.checks import all_finite as _all_finite
 
     huge = torch.full((4, 3), 1e308, dtype=torch.float64)  # finite, but sums to inf
     assert _all_finite(huge)

@@ -86,3 +86,46 @@ def test_from_probe_copies_per_seed_values() -> None:
     assert result.ran and result.seeds == (4, 5)
     assert result.accuracy == probe.accuracy and result.log_odds == probe.log_odds
     assert len(result.best_c) == 2 and len(result.val_accuracies) == 2
+
+
+def test_failed_dataset_is_listed_apart_from_missing(tmp_path: Path) -> None:
+    report = TransferReport(
+        "m",
+        (
+            DatasetResult("dtd", accuracy=0.8, log_odds=1.386, best_c=(0.1,), converged=False,
+                          stop_reasons=("max_iter",), num_trainval=8, num_test=4),
+            DatasetResult.missing("cars", "cars: files not found"),
+            DatasetResult.failure("pets", "pets: UnidentifiedImageError: cannot identify x.jpg"),
+        ),
+    )  # fmt: skip
+    summary = report.summary()
+    assert (summary["missing"], summary["failed"]) == (["cars"], ["pets"])
+    assert summary["datasets_ran"] == "1 of 3" and summary["complete"] is False
+    assert summary["not_converged"] == ["dtd"]
+    lines = format_table(report).splitlines()
+    assert any(
+        line.startswith("pets") and "FAILED" in line and "cannot identify x.jpg" in line
+        for line in lines
+    )
+    assert lines[-3:] == [
+        "not in the mean (missing): cars",
+        "not in the mean (failed): pets",
+        "final fit did not converge (raise --max-iter): dtd",
+    ]
+    path = write_json(report, tmp_path / "r.json")
+    entries = json.loads(path.read_text())["datasets"]
+    assert [d["status"] for d in entries] == ["ok", "missing", "failed"]
+    assert (entries[0]["converged"], entries[0]["stop_reasons"]) == (False, ["max_iter"])
+    assert read_json(path) == report
+    with pytest.raises(ValueError, match="reason must be a non-empty string"):
+        DatasetResult.failure("pets", "")
+
+
+def test_reports_without_the_new_fields_still_read(tmp_path: Path) -> None:
+    data = TransferReport("m", (DatasetResult("a", accuracy=0.5, log_odds=0.0),)).to_dict()
+    for entry in data["datasets"]:
+        for key in ("failed", "converged", "stop_reasons"):
+            del entry[key]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    (entry,) = read_json(tmp_path / "old.json").datasets
+    assert entry.ran and entry.converged is None and entry.stop_reasons == ()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 
+import protohead.evaluation.search as search_module
 from protohead.evaluation.logreg import LogisticRegression
 from protohead.evaluation.metrics import log_odds
+from protohead.evaluation.report import DatasetResult
 from protohead.evaluation.search import SearchConfig, linear_probe, refine_search
 from protohead.evaluation.splits import stratified_split
 
@@ -100,3 +103,69 @@ def test_linear_probe_rejects_bad_inputs() -> None:
 def test_search_config_validation(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SearchConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"grid_points": 2.5}, r"grid_points must be an int, got 2.5 \(float\)"),
+        ({"refine_steps": 1.5}, r"refine_steps must be an int, got 1.5 \(float\)"),
+        ({"grid_points": True}, r"grid_points must be an int, got True \(bool\)"),
+        ({"c_min": "1"}, r"c_min must be a real number, got '1' \(str\)"),
+        ({"c_max": None}, r"c_max must be a real number, got None \(NoneType\)"),
+        ({"val_fraction": "0.2"}, r"val_fraction must be a real number, got '0.2' \(str\)"),
+    ],
+)
+def test_search_config_rejects_wrong_types(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        SearchConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unconverged_fits_are_logged_and_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    x, y = clusters(120, 6, 3, spread=0.7, seed=1)
+    tiny = SearchConfig(c_min=1e-2, c_max=1e2, grid_points=3, refine_steps=0, max_iter=1)
+    with caplog.at_level(logging.WARNING, logger="protohead.evaluation.search"):
+        result = linear_probe(x, y, x, y, seeds=(0,), config=tiny, name="toyset")
+    (seed,) = result.seeds
+    assert (seed.converged, seed.stop_reason) == (False, "max_iter")
+    assert "toyset, seed 0: 3 of 3 search fits did not converge (C=0.01: max_iter" in caplog.text
+    assert f"toyset, seed 0: the final fit at C={seed.best_c:.3g} did not converge" in caplog.text
+    entry = DatasetResult.from_probe("toyset", result, num_trainval=9, num_test=9, num_classes=3)
+    assert entry.converged is False and entry.stop_reasons == ("max_iter",)
+
+    caplog.clear()
+    enough = SearchConfig(c_min=1e-2, c_max=1e2, grid_points=3, refine_steps=0)
+    with caplog.at_level(logging.WARNING, logger="protohead.evaluation.search"):
+        result = linear_probe(x, y, x, y, seeds=(0,), config=enough, name="toyset")
+    assert result.seeds[0].converged and "did not converge" not in caplog.text
+    entry = DatasetResult.from_probe("toyset", result, num_trainval=9, num_test=9, num_classes=3)
+    assert entry.converged is True and entry.stop_reasons[0] in ("gtol", "ftol")
+
+
+def test_val_per_class_uses_a_fixed_number_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = clusters(90, 4, 3, spread=1.0, seed=0)
+    seen: list[list[int]] = []
+    real = search_module.per_class_split
+
+    def spy(labels: torch.Tensor, **kwargs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        train_idx, val_idx = real(labels, **kwargs)
+        seen.append(torch.bincount(labels[val_idx]).tolist())
+        return train_idx, val_idx
+
+    monkeypatch.setattr(search_module, "per_class_split", spy)
+    cfg = SearchConfig(c_min=1e-2, c_max=1e2, grid_points=3, refine_steps=0)
+    linear_probe(x, y, x, y, seeds=(0, 1), config=cfg, val_per_class=7)
+    assert seen == [[7, 7, 7], [7, 7, 7]]  # not the default 20% (6 per class)
+    linear_probe(x, y, x, y, seeds=(0,), config=cfg)
+    assert len(seen) == 2, "without val_per_class the stratified split is used"
+    with pytest.raises(ValueError, match="every class needs more than per_class=30 samples"):
+        linear_probe(x, y, x, y, config=cfg, val_per_class=30)
+
+
+def test_float64_features_that_overflow_float32_are_named() -> None:
+    x, y = clusters(40, 3, 2, spread=1.0, seed=0)
+    huge = x.double() * 1e39
+    with pytest.raises(ValueError, match="trainval features must fit in torch.float32"):
+        linear_probe(huge, y, x, y)
+    with pytest.raises(ValueError, match="test features must contain only finite values"):
+        linear_probe(x, y, torch.full_like(x, float("nan")), y)

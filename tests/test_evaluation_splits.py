@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protohead.evaluation.splits import stratified_split
+from protohead.evaluation.splits import per_class_split, stratified_split
 
 
 def check_partition(labels: torch.Tensor, train: torch.Tensor, val: torch.Tensor) -> None:
@@ -71,3 +71,31 @@ def test_rejects_bad_inputs() -> None:
         stratified_split(torch.zeros(0, dtype=torch.long))
     with pytest.raises(TypeError, match="seed must be an int, got float"):
         stratified_split(torch.tensor([0, 0]), seed=1.5)  # type: ignore[arg-type]
+
+
+def test_per_class_split_takes_exactly_n_per_class_seeded_and_disjoint() -> None:
+    # EuroSAT-like: uneven classes, a fixed number of validation images in each.
+    labels = torch.tensor([2] * 9 + [0] * 12 + [5] * 7).roll(5)
+    train, val = per_class_split(labels, per_class=4, seed=3)
+    check_partition(labels, train, val)
+    assert not set(train.tolist()) & set(val.tolist())
+    assert torch.bincount(labels[val]).tolist() == [4, 0, 4, 0, 0, 4]
+    assert torch.bincount(labels[train]).tolist() == [8, 0, 5, 0, 0, 3]
+    again = per_class_split(labels, per_class=4, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    others = {tuple(per_class_split(labels, per_class=4, seed=s)[1].tolist()) for s in range(5)}
+    assert len(others) > 1, "the seed must change the split"
+
+
+def test_per_class_split_rejects_bad_arguments() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    with pytest.raises(
+        ValueError, match=r"every class needs more than per_class=2 samples .* got classes \[1\]"
+    ):
+        per_class_split(labels, per_class=2)
+    with pytest.raises(ValueError, match="per_class must be >= 1, got 0"):
+        per_class_split(labels, per_class=0)
+    with pytest.raises(TypeError, match="per_class must be an int, got float"):
+        per_class_split(labels, per_class=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        per_class_split(labels.float(), per_class=1)

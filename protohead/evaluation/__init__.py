@@ -45,7 +45,7 @@ from protohead.evaluation.search import (
     linear_probe,
     refine_search,
 )
-from protohead.evaluation.splits import stratified_split
+from protohead.evaluation.splits import per_class_split, stratified_split
 
 __all__ = [
     "DATASETS",
@@ -77,6 +77,7 @@ __all__ = [
     "load_checkpoint_backbone",
     "log_odds",
     "model_checksum",
+    "per_class_split",
     "plot_transfer",
     "read_json",
     "refine_search",

@@ -4,8 +4,12 @@ Extracting frozen features is the expensive part of the transfer protocol of Sar
 (ICLR 2023); the regularisation search then reruns cheaply on cached features. An entry's key
 hashes the model checksum (:func:`model_checksum`, over every state_dict tensor), the dataset's
 configuration, the split and the transform configuration, so changing any weight, dataset option
-or image size gives a different entry. Entries are written atomically (temporary file in the same
-directory, then ``os.replace``), so a crash never leaves a truncated entry under the final name.
+or image size gives a different entry. The dataset configurations built by
+:mod:`~protohead.evaluation.datasets` hold resolved absolute roots and, for file-backed datasets,
+a fingerprint of every image file (:mod:`~protohead.evaluation.fingerprint`), so rewritten images
+or a relative path run from another directory miss the cache instead of reusing stale features.
+Entries are written atomically (temporary file in the same directory, then ``os.replace``), so a
+crash never leaves a truncated entry under the final name.
 """
 
 from __future__ import annotations

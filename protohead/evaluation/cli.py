@@ -6,8 +6,11 @@ penalty per dataset, average test top-1 over seeds, and report per-dataset log-o
 mean, as a table on stdout and a JSON file. ``python -m protohead.evaluation plot A.json B.json``
 draws training-task top-1 against mean transfer log-odds for several models.
 
-Exit status: 0 when every requested dataset ran, 3 when some were missing (they are in the
-table and the JSON, and excluded from the mean with the denominator stated), 2 on usage errors.
+Exit status: 0 when every requested dataset ran; 1 when some failed (an error such as a corrupt
+image or a class too small to split: the error is recorded for that dataset, the others still run,
+and the table and JSON are still written); 3 when some were missing (not downloaded) and none
+failed; 2 on usage errors, which are checked before the model is loaded. Failed and missing
+datasets are in the table and the JSON, and excluded from the mean with the denominator stated.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ __all__ = ["build_parser", "main", "parse_classes"]
 
 logger = logging.getLogger("protohead.evaluation")
 
+EXIT_FAILED = 1
 EXIT_MISSING = 3
 
 Transform = Callable[[Any], Any]
@@ -124,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-root", default="data", help="root of the torchvision datasets")
     data.add_argument("--download", action="store_true", help="let torchvision download")
     data.add_argument("--split-seed", type=int, default=0, help="EuroSAT test-split seed")
-    data.add_argument("--sun397-lists", nargs=2, metavar=("TRAIN", "TEST"))
+    data.add_argument(
+        "--sun397-lists", nargs=2, metavar=("TRAIN", "TEST"), help="relative to DATA_ROOT/SUN397"
+    )
     data.add_argument("--fashion-mnist-root", help="IDX directory (default: Debian package)")
     data.add_argument("--fashion-mnist-classes", type=parse_classes, help="e.g. 5-9")
     data.add_argument("--max-per-class", type=int, help="first N images per class (fmnist)")
@@ -220,18 +226,44 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, str, float | None]
     return backbone, label, None
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _device(name: str) -> str:
+    """``--device`` resolved, and checked to exist on this machine."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = torch.device("meta")  # not a device name at all: rejected as not allowed
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    present = {"cpu": True, "cuda": (device.index or 0) < count, "mps": mps}
+    if device.type not in present:
+        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    if not present[device.type]:
+        have = f"{count} CUDA device(s){'' if mps else ', no MPS'}"
+        raise ValueError(f"--device must be a device of this machine ({have}), got {name!r}")
+    return name
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors that need no model or data, so that they surface before any work."""
     if args.train_top1 is not None and not 0.0 <= args.train_top1 <= 1.0:
         raise ValueError(f"--train-top1 must be a fraction in [0, 1], got {args.train_top1}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+    args.device = _device(args.device)
+
+
+def _failure_reason(name: str, err: Exception) -> str:
+    """``"<dataset>: <ErrorType>: <message>"``, the dataset named once."""
+    message = str(err)
+    if message.startswith(f"{name}: "):
+        message = message[len(name) + 2 :]
+    return f"{name}: {type(err).__name__}: {message}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from err
     search = SearchConfig(
         c_min=args.c_min,
         c_max=args.c_max,
@@ -269,14 +301,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         "device": device,
         "progress": not args.no_progress and not args.quiet,
     }
-    results: list[DatasetResult] = []
-    for job in _jobs(args):
-        try:
-            data = _build(job, transform, options)
-        except DatasetUnavailableError as err:
-            logger.warning("%s is missing: %s", job.name, err)
-            results.append(DatasetResult.missing(job.name, str(err)))
-            continue
+
+    def run(job: _Job) -> DatasetResult:
+        data = _build(job, transform, options)
         splits = {}
         for split, dataset in (("trainval", data.trainval), ("test", data.test)):
             splits[split] = cached_features(
@@ -292,18 +319,42 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         (x_tv, y_tv, _), (x_te, y_te, _) = splits["trainval"], splits["test"]
         probe = linear_probe(
-            x_tv, y_tv, x_te, y_te, seeds=args.seeds, config=search, num_classes=data.num_classes
-        )
-        results.append(
-            DatasetResult.from_probe(
-                data.name,
-                probe,
-                num_trainval=len(y_tv),
-                num_test=len(y_te),
-                num_classes=data.num_classes,
-            )
+            x_tv,
+            y_tv,
+            x_te,
+            y_te,
+            seeds=args.seeds,
+            config=search,
+            num_classes=data.num_classes,
+            val_per_class=data.val_per_class,
+            name=data.name,
         )
         logger.info("%s: top-1 %.2f%%", data.name, 100 * probe.accuracy)
+        if data.val_per_class is not None:
+            val_per_class[data.name] = data.val_per_class
+        return DatasetResult.from_probe(
+            data.name,
+            probe,
+            num_trainval=len(y_tv),
+            num_test=len(y_te),
+            num_classes=data.num_classes,
+        )
+
+    results: list[DatasetResult] = []
+    val_per_class: dict[str, int] = {}
+    for job in _jobs(args):
+        try:
+            results.append(run(job))
+        except DatasetUnavailableError as err:
+            logger.warning("%s is missing: %s", job.name, err)
+            results.append(DatasetResult.missing(job.name, str(err)))
+        except (ValueError, OSError, RuntimeError) as err:
+            # One bad dataset (a corrupt image, a class too small to split) must not discard
+            # the others' results: record it, go on, and fail the exit status at the end.
+            reason = _failure_reason(job.name, err)
+            logger.error("%s failed, continuing with the other datasets: %s", job.name, reason)
+            logger.debug("traceback of the %s failure", job.name, exc_info=True)
+            results.append(DatasetResult.failure(job.name, reason))
 
     report = TransferReport(
         model=args.name or label,
@@ -320,6 +371,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "grid_points": search.grid_points,
                 "refine_steps": search.refine_steps,
                 "val_fraction": search.val_fraction,
+                "val_per_class": val_per_class,
                 "max_iter": search.max_iter,
                 "tol": search.tol,
                 "dtype": str(search.dtype),
@@ -329,6 +381,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(report))
     path = write_json(report, args.output)
     print(f"report written to {path}")
+    if report.failed:
+        return EXIT_FAILED
     return EXIT_MISSING if report.missing else 0
 
 
@@ -348,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        _check_args(args)
         return _evaluate(args)
     except (ValueError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))

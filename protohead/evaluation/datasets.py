@@ -17,21 +17,30 @@ food101       ``Food101``                                                     75
 sun397        partition-1 lists supplied by the user (``Training_01.txt``...)  19850 / 19850
 ============  ==============================================================  ===============
 
-EuroSAT's reference split also sets 540 validation images per class aside inside trainval; here
-the penalty search draws its own stratified validation split from trainval (``val_fraction`` of
-:class:`~protohead.evaluation.search.SearchConfig`), as for every other dataset.
+EuroSAT's reference split also sets 540 validation images per class aside inside trainval: its
+:attr:`TransferDataset.val_per_class` is 540, so the penalty search validates on exactly 540
+images per class (seeded, the rest of trainval trains). Every other dataset leaves it ``None``
+and the search holds out ``val_fraction`` of each class
+(:class:`~protohead.evaluation.search.SearchConfig`).
+
+:attr:`TransferDataset.config` is the dataset's part of the feature-cache key. It holds the
+resolved absolute roots and list files, and for file-backed datasets a fingerprint of every
+image's relative path, label, size and modification time
+(:func:`~protohead.evaluation.fingerprint.files_fingerprint`), so replaced images or the same
+relative path run from another directory never reuse stale features.
 
 Also registered: ``fake`` (torchvision ``FakeData``, random images, for smoke tests) and
 ``fashion-mnist`` (:class:`~protohead.evaluation.fashion_mnist.FashionMNIST`, optionally a class
 subset). :func:`image_folder_pair` and :func:`image_list_pair` wrap any ``ImageFolder`` pair and
-any pair of image lists (e.g. ImageNet-CoG levels).
+any pair of image lists (e.g. ImageNet-CoG levels); they and :class:`TransferDataset` live in
+:mod:`~protohead.evaluation.pairs` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +50,8 @@ from torchvision import datasets as tv_datasets
 
 from protohead.evaluation.errors import DatasetUnavailableError
 from protohead.evaluation.fashion_mnist import FashionMNIST
-from protohead.evaluation.image_list import ImageListDataset
+from protohead.evaluation.fingerprint import dataset_files, files_fingerprint, resolved
+from protohead.evaluation.pairs import TransferDataset, image_folder_pair, image_list_pair
 
 __all__ = [
     "DATASETS",
@@ -82,6 +92,7 @@ _NUM_CLASSES = {
     "sun397": 397,
 }
 _EUROSAT_TEST_PER_CLASS = 810
+_EUROSAT_VAL_PER_CLASS = 540
 
 
 @dataclass(frozen=True)
@@ -92,8 +103,8 @@ class DatasetOptions:
         root: Directory handed to the torchvision classes (each uses its own sub-folder).
         download: Let torchvision download missing datasets (needs internet).
         split_seed: Seed of the EuroSAT test split.
-        sun397_lists: ``(train_list, test_list)`` of a SUN397 partition, relative to
-            ``root/SUN397``.
+        sun397_lists: ``(train_list, test_list)`` of a SUN397 partition; relative paths are
+            relative to ``root/SUN397`` (not the working directory), absolute ones are kept.
         fashion_mnist_root: IDX directory; ``None`` uses the Debian package location.
         fashion_mnist_classes: Fashion-MNIST class subset, relabelled ``0..n-1`` in order.
         max_per_class: Keep the first ``max_per_class`` images per class (Fashion-MNIST only).
@@ -120,30 +131,6 @@ class DatasetOptions:
     fake_image_size: int = 32
 
 
-@dataclass(frozen=True)
-class TransferDataset:
-    """A trainval / test pair ready for feature extraction.
-
-    Attributes:
-        name: Display name (e.g. ``"fashion-mnist[5-9]"``).
-        trainval: Dataset of ``(image tensor, label)`` with the evaluation transform applied.
-        test: Same for the test split.
-        num_classes: Labels are in ``[0, num_classes)``.
-        config: Everything that determines the images and labels (part of the cache key).
-
-    Example:
-        >>> pair = TransferDataset("toy", trainval=[(0, 0)] * 4, test=[(0, 0)] * 2, num_classes=1)
-        >>> len(pair.trainval), pair.config
-        (4, {})
-    """
-
-    name: str
-    trainval: Dataset[Any]
-    test: Dataset[Any]
-    num_classes: int
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-
 def _unavailable(name: str, root: str, err: Exception) -> DatasetUnavailableError:
     return DatasetUnavailableError(
         f"{name}: files not found or incomplete under {root!r} ({err}); place them where "
@@ -161,9 +148,22 @@ def _checked(name: str, trainval: Dataset[Any], test: Dataset[Any]) -> None:
         )
 
 
+def _files_config(
+    trainval: Dataset[Any], test: Dataset[Any], root: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Fingerprints of both splits' files; empty when the dataset does not list its files."""
+    found = {}
+    for split, data in (("trainval", trainval), ("test", test)):
+        files = dataset_files(data)
+        if files is not None:
+            found[split] = files_fingerprint(files, root)
+    return {"files": found} if found else {}
+
+
 def _paper(name: str, transform: Transform, opts: DatasetOptions) -> TransferDataset:
     root, dl = opts.root, opts.download
-    config: dict[str, Any] = {"name": name}
+    # The resolved root: "data" run from two directories is two datasets.
+    config: dict[str, Any] = {"name": name, "root": resolved(root)}
     try:
         if name == "aircraft":
             trainval: Dataset[Any] = tv_datasets.FGVCAircraft(
@@ -203,17 +203,24 @@ def _paper(name: str, transform: Transform, opts: DatasetOptions) -> TransferDat
                     "sun397: torchvision has no SUN397 partitions; supply the partition-1 lists "
                     "(Training_01.txt, Testing_01.txt) with sun397_lists / --sun397-lists"
                 )
-            pair = image_list_pair(
-                name, Path(root) / "SUN397", *opts.sun397_lists, transform=transform
-            )
+            base = Path(root) / "SUN397"
+            # As documented: list paths are relative to root/SUN397, not to the working directory.
+            lists = [base / path for path in opts.sun397_lists]  # an absolute path stays itself
+            pair = image_list_pair(name, base, *lists, transform=transform)
             trainval, test = pair.trainval, pair.test
-            config["lists"] = [os.path.basename(p) for p in opts.sun397_lists]
+            config.update(pair.config, name=name)
     except DatasetUnavailableError:
         raise
     except (RuntimeError, OSError) as err:
         raise _unavailable(name, root, err) from err
     _checked(name, trainval, test)
-    return TransferDataset(name, trainval, test, _NUM_CLASSES[name], config)
+    if "files" not in config:
+        try:
+            config.update(_files_config(trainval, test, root))
+        except OSError as err:
+            raise _unavailable(name, root, err) from err
+    val_per_class = _EUROSAT_VAL_PER_CLASS if name == "eurosat" else None
+    return TransferDataset(name, trainval, test, _NUM_CLASSES[name], config, val_per_class)
 
 
 def _eurosat_split(full: Any, seed: int) -> tuple[Dataset[Any], Dataset[Any]]:
@@ -264,7 +271,14 @@ def _fashion_mnist(name: str, transform: Transform, opts: DatasetOptions) -> Tra
         contiguous = list(classes) == list(range(classes[0], classes[0] + len(classes)))
         shown = f"{classes[0]}-{classes[-1]}" if contiguous else ",".join(map(str, classes))
         label = f"{name}[{shown}]"
-    config = {"name": name, "classes": classes, "max_per_class": opts.max_per_class}
+    # The IDX files found (their absolute paths, sizes and times), not the root as given.
+    files = [(path, "") for path in (*trainval.files, *test.files)]
+    config = {
+        "name": name,
+        "classes": classes,
+        "max_per_class": opts.max_per_class,
+        "files": files_fingerprint(files),
+    }
     return TransferDataset(label, trainval, test, len(trainval.classes), config)
 
 
@@ -303,77 +317,3 @@ def build_dataset(
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     return DATASETS[name](name, transform, DatasetOptions() if options is None else options)
-
-
-def image_folder_pair(
-    name: str,
-    train_dir: str | os.PathLike[str],
-    test_dir: str | os.PathLike[str],
-    *,
-    transform: Transform,
-) -> TransferDataset:
-    """Any pair of ``torchvision.datasets.ImageFolder`` directories (``class/image`` layout).
-
-    Raises:
-        DatasetUnavailableError: If a directory is missing or holds no images.
-        ValueError: If the test classes are not a subset of the training classes.
-
-    Example:
-        >>> image_folder_pair("mine", "missing/train", "missing/test", transform=lambda im: im)
-        Traceback (most recent call last):
-        ...
-        protohead.evaluation.errors.DatasetUnavailableError: mine: ...
-    """
-    try:
-        trainval = tv_datasets.ImageFolder(str(train_dir), transform=transform)
-        test = tv_datasets.ImageFolder(str(test_dir), transform=transform)
-    except (FileNotFoundError, OSError) as err:
-        raise DatasetUnavailableError(f"{name}: {err}") from err
-    unknown = sorted(set(test.classes) - set(trainval.classes))
-    if unknown:
-        raise ValueError(f"{name}: test classes must all be in train, got extra {unknown[:5]}")
-    # Number the test classes as in train, even when the test directory lacks some classes.
-    test.samples = [(p, trainval.class_to_idx[test.classes[t]]) for p, t in test.samples]
-    test.targets = [t for _, t in test.samples]
-    test.imgs = test.samples
-    config = {"name": name, "train": str(train_dir), "test": str(test_dir)}
-    return TransferDataset(name, trainval, test, len(trainval.classes), config)
-
-
-def image_list_pair(
-    name: str,
-    root: str | os.PathLike[str],
-    train_list: str | os.PathLike[str],
-    test_list: str | os.PathLike[str],
-    *,
-    transform: Transform,
-) -> TransferDataset:
-    """A pair of image lists (see :class:`~protohead.evaluation.image_list.ImageListDataset`).
-
-    Used for SUN397 partitions and ImageNet-CoG levels; the test list is numbered with the
-    train list's classes.
-
-    Raises:
-        DatasetUnavailableError: If a list or a listed image is missing.
-        ValueError: If the test list has classes that the train list lacks.
-
-    Example:
-        >>> import tempfile
-        >>> from PIL import Image
-        >>> root = Path(tempfile.mkdtemp())
-        >>> for name in ("n01/a.png", "n02/b.png", "n02/c.png"):
-        ...     (root / name).parent.mkdir(exist_ok=True)
-        ...     Image.new("RGB", (4, 4)).save(root / name)
-        >>> _ = (root / "train.txt").write_text("n01/a.png\\nn02/b.png\\n")
-        >>> _ = (root / "test.txt").write_text("n02/c.png\\n")
-        >>> level = image_list_pair("cog-l1", root, root / "train.txt", root / "test.txt",
-        ...                         transform=lambda im: im)
-        >>> level.num_classes, level.test[0][1]
-        (2, 1)
-    """
-    trainval = ImageListDataset(root, train_list, transform=transform)
-    test = ImageListDataset(
-        root, test_list, transform=transform, class_to_idx=trainval.class_to_idx
-    )
-    config = {"name": name, "root": str(root), "train": str(train_list), "test": str(test_list)}
-    return TransferDataset(name, trainval, test, len(trainval.classes), config)

@@ -141,6 +141,9 @@ class FashionMNIST(Dataset[tuple[Any, int]]):
         transform: Applied to the RGB ``PIL.Image`` (28 x 28).
         download: Fall back to torchvision's downloader (needs internet).
 
+    Attributes:
+        files: ``(images, labels)`` IDX paths read (part of the feature-cache key).
+
     Raises:
         DatasetUnavailableError: If the files are not found (the message says how to install
             them).
@@ -196,6 +199,7 @@ class FashionMNIST(Dataset[tuple[Any, int]]):
         self.labels = remap[labels[index]]
         self.classes = [FASHION_MNIST_CLASSES[c] for c in keep]
         self.source_classes = keep
+        self.files = (image_path, label_path)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -219,7 +219,9 @@ def cached_features(
         dataset: The split's dataset.
         cache: The cache, or ``None`` to always extract.
         dataset_config: What determines the dataset's content (e.g.
-            :attr:`TransferDataset.config <protohead.evaluation.datasets.TransferDataset>`).
+            :attr:`TransferDataset.config <protohead.evaluation.pairs.TransferDataset>`, which
+            holds resolved roots and a fingerprint of the image files); it must change whenever
+            the images or labels do, since the cache trusts it.
         split: ``"trainval"``, ``"test"`` or any split name.
         transform_config: What determines the transform (:meth:`TransformConfig.as_dict`).
         checksum: Precomputed :func:`model_checksum` of ``model`` (saves rehashing per split).
@@ -249,7 +251,8 @@ def cached_features(
         transform=transform_config,
     )
     found = cache.load(key)
-    # A different image count means the files changed under the same configuration.
+    # A last guard for configs without a file fingerprint (e.g. hand-written ones): a
+    # different image count means the files changed under the same configuration.
     if found is not None and found[0].shape[0] == len(dataset):  # type: ignore[arg-type]
         logger.info("feature cache hit: %s", cache.path(key))
         return found[0], found[1], True

@@ -36,41 +36,12 @@ import math
 import torch
 from typing_extensions import Self
 
+from protohead.evaluation.checks import check_features, check_finite_cast, check_labels
 from protohead.evaluation.lbfgs import lbfgs
 
 __all__ = ["LogisticRegression"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def _check_features(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, d), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
-
-
-def _all_finite(x: torch.Tensor) -> bool:
-    """Whether every entry is finite, in one summing pass in the common case.
-
-    NaN and inf propagate into the sum, so a finite sum proves the data finite (element-wise
-    ``isfinite`` costs several passes over a 50,000 x 2048 matrix). Only a non-finite sum (bad
-    data, or finite values whose sum overflows) falls back to the element-wise check.
-    """
-    if bool(torch.isfinite(x.sum())):
-        return True
-    return bool(torch.isfinite(x).all())
-
-
-def _check_labels(y: torch.Tensor, n: int, name: str) -> None:
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) to match X, got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {y.dtype}")
 
 
 class _SoftmaxObjective:
@@ -263,11 +234,14 @@ class LogisticRegression:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        if not (isinstance(C, (int, float)) and math.isfinite(C) and C > 0):
+        # bool is an int subclass, but C=True is a mistake, never a penalty of 1.
+        if isinstance(C, bool) or not (isinstance(C, (int, float)) and math.isfinite(C) and C > 0):
             raise ValueError(f"C must be a finite number > 0, got {C!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        if isinstance(tol, bool) or not (
+            isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0
+        ):
             raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
             raise ValueError(f"history_size must be an int >= 1, got {history_size!r}")
@@ -303,18 +277,18 @@ class LogisticRegression:
 
         Raises:
             TypeError: If ``X`` or ``y`` has the wrong type or dtype.
-            ValueError: On shape mismatches, non-finite features, labels outside ``[0, k)``
-                or a ``warm_start`` of another shape.
+            ValueError: On shape mismatches, non-finite features (or float64 features that
+                overflow a float32 fit), labels outside ``[0, k)`` or a ``warm_start`` of
+                another shape.
         """
-        _check_features(X, "X")
+        check_features(X, "X")
         n, d = X.shape
-        _check_labels(y, n, "y")
+        check_labels(y, n, "y")
         if n == 0:
             raise ValueError("X must contain at least one sample, got 0")
         device = self.device if self.device is not None else X.device
         x = X.to(device=device, dtype=self.dtype)
-        if not _all_finite(x):
-            raise ValueError("X must contain only finite values, got NaN or inf")
+        check_finite_cast(x, X, "X")
         labels = y.to(device=device, dtype=torch.long)
         y_min, y_max = int(labels.min()), int(labels.max())
         k = y_max + 1 if num_classes is None else num_classes
@@ -370,7 +344,7 @@ class LogisticRegression:
             TypeError: If ``X`` is not a floating point tensor.
         """
         self._check_fitted()
-        _check_features(X, "X")
+        check_features(X, "X")
         if X.shape[1] != self.coef_.shape[1]:
             raise ValueError(
                 f"X must have {self.coef_.shape[1]} features as in fit, got {X.shape[1]}"
@@ -392,8 +366,8 @@ class LogisticRegression:
         Raises:
             ValueError: If ``y`` does not have one label per row of ``X``.
         """
-        _check_features(X, "X")
-        _check_labels(y, X.shape[0], "y")
+        check_features(X, "X")
+        check_labels(y, X.shape[0], "y")
         if X.shape[0] == 0:
             raise ValueError("X must contain at least one sample, got 0")
         pred = self.predict(X)

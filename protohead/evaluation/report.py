@@ -2,13 +2,15 @@
 
 Sariyildiz et al. (ICLR 2023) summarise transfer by the mean log-odds of the linear-probe test
 top-1 over the transfer datasets. The mean here is over the datasets that ran; a dataset that
-could not be evaluated is kept in the report as *missing* with its reason, and the mean always
-states its denominator ("mean over 6 of 8 datasets"), so a partial mean is never mistaken for
-the full one.
+could not be evaluated is kept in the report with its reason, as *missing* (its files are not
+there) or *failed* (it raised an error while being evaluated), and the mean always states its
+denominator ("mean over 6 of 8 datasets"), so a partial mean is never mistaken for the full one.
+Each dataset that ran records whether the final fit of every seed converged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,13 +44,20 @@ class DatasetResult:
         num_trainval: Trainval size.
         num_test: Test size.
         num_classes: Number of classes.
-        missing_reason: Why the dataset did not run.
+        missing_reason: Why the dataset did not run (for a failed one, the error message).
+        failed: The dataset raised an error while being evaluated (rather than being missing).
+        converged: Whether the final trainval fit of every seed converged; ``None`` when the
+            dataset did not run (or for reports written before this field existed).
+        stop_reasons: Why each seed's final fit stopped (``"gtol"``, ``"ftol"``,
+            ``"max_iter"`` or ``"line_search"``).
 
     Example:
         >>> DatasetResult("dtd", accuracy=0.7, log_odds=0.847).ran
         True
         >>> DatasetResult.missing("cars", "no files").ran
         False
+        >>> DatasetResult.failure("pets", "pets: OSError: cannot identify image file").failed
+        True
     """
 
     name: str
@@ -63,6 +72,9 @@ class DatasetResult:
     num_test: int | None = None
     num_classes: int | None = None
     missing_reason: str | None = None
+    failed: bool = False
+    converged: bool | None = None
+    stop_reasons: tuple[str, ...] = ()
 
     @property
     def ran(self) -> bool:
@@ -86,6 +98,8 @@ class DatasetResult:
             num_trainval=num_trainval,
             num_test=num_test,
             num_classes=num_classes,
+            converged=all(s.converged for s in probe.seeds),
+            stop_reasons=tuple(s.stop_reason for s in probe.seeds),
         )
 
     @classmethod
@@ -98,6 +112,22 @@ class DatasetResult:
         if not reason:
             raise ValueError(f"reason must be a non-empty string, got {reason!r}")
         return cls(name=name, missing_reason=reason)
+
+    @classmethod
+    def failure(cls, name: str, reason: str) -> DatasetResult:
+        """A dataset whose evaluation raised an error; ``reason`` is the error message.
+
+        Raises:
+            ValueError: If ``reason`` is empty.
+        """
+        return dataclasses.replace(cls.missing(name, reason), failed=True)
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"missing"`` or ``"failed"``."""
+        if self.ran:
+            return "ok"
+        return "failed" if self.failed else "missing"
 
 
 @dataclass(frozen=True)
@@ -130,16 +160,22 @@ class TransferReport:
 
     @property
     def missing(self) -> tuple[DatasetResult, ...]:
-        """Datasets that were requested but not evaluated."""
-        return tuple(d for d in self.datasets if not d.ran)
+        """Datasets that were requested but not found (failed ones excluded)."""
+        return tuple(d for d in self.datasets if d.status == "missing")
+
+    @property
+    def failed(self) -> tuple[DatasetResult, ...]:
+        """Datasets whose evaluation raised an error."""
+        return tuple(d for d in self.datasets if d.failed)
 
     def summary(self) -> dict[str, Any]:
         """Means over the datasets that ran, with the denominator spelled out.
 
         Returns:
             ``mean_accuracy`` and ``mean_log_odds`` (``None`` if nothing ran), ``num_ran``,
-            ``num_requested``, ``datasets_ran`` (``"k of n"``), ``missing`` (names) and
-            ``complete`` (no dataset missing).
+            ``num_requested``, ``datasets_ran`` (``"k of n"``), ``missing`` and ``failed``
+            (names), ``not_converged`` (names of datasets with an unconverged final fit) and
+            ``complete`` (every dataset ran).
         """
         ran = self.ran
         accuracies = [d.accuracy for d in ran if d.accuracy is not None]
@@ -151,7 +187,9 @@ class TransferReport:
             "num_requested": len(self.datasets),
             "datasets_ran": f"{len(ran)} of {len(self.datasets)}",
             "missing": [d.name for d in self.missing],
-            "complete": not self.missing,
+            "failed": [d.name for d in self.failed],
+            "not_converged": [d.name for d in ran if d.converged is False],
+            "complete": len(ran) == len(self.datasets),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,9 +200,7 @@ class TransferReport:
             "train_top1": self.train_top1,
             "settings": dict(self.settings),
             "summary": self.summary(),
-            "datasets": [
-                {"status": "ok" if d.ran else "missing", **asdict(d)} for d in self.datasets
-            ],
+            "datasets": [{"status": d.status, **asdict(d)} for d in self.datasets],
         }
 
     @classmethod
@@ -181,7 +217,7 @@ class TransferReport:
         results = []
         for entry in data["datasets"]:
             values = {k: v for k, v in entry.items() if k != "status"}
-            for key in ("seeds", "seed_accuracies", "best_c", "val_accuracies"):
+            for key in ("seeds", "seed_accuracies", "best_c", "val_accuracies", "stop_reasons"):
                 values[key] = tuple(values.get(key, ()))
             results.append(DatasetResult(**values))
         return cls(data["model"], tuple(results), data.get("train_top1"), data.get("settings", {}))
@@ -192,7 +228,7 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(report: TransferReport) -> str:
-    """Plain-text table: one row per dataset (missing ones with their reason) and the mean.
+    """Plain-text table: one row per dataset (missing and failed ones with their reason), the mean.
 
     Example:
         >>> report = TransferReport("demo", (DatasetResult("a", accuracy=0.9, log_odds=2.1972,
@@ -207,7 +243,7 @@ def format_table(report: TransferReport) -> str:
     lines += [header, "-" * len(header)]
     for d in report.datasets:
         if not d.ran:
-            lines.append(f"{d.name:<24}{'MISSING':>10}  {d.missing_reason}")
+            lines.append(f"{d.name:<24}{d.status.upper():>10}  {d.missing_reason}")
             continue
         c = f"{statistics.median(d.best_c):.2g}" if d.best_c else "-"
         odds = "-" if d.log_odds is None else f"{d.log_odds:.3f}"
@@ -222,6 +258,12 @@ def format_table(report: TransferReport) -> str:
     lines.append(f"{label:<24}{_pct(s['mean_accuracy']):>10}{'':>8}{mean_odds:>10}")
     if s["missing"]:
         lines.append(f"not in the mean (missing): {', '.join(s['missing'])}")
+    if s["failed"]:
+        lines.append(f"not in the mean (failed): {', '.join(s['failed'])}")
+    if s["not_converged"]:
+        lines.append(
+            f"final fit did not converge (raise --max-iter): {', '.join(s['not_converged'])}"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 

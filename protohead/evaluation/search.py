@@ -5,7 +5,9 @@ training an L2-regularised logistic regression on its features, with the regular
 a validation split of trainval, refitting on all of trainval and reporting test top-1. This module
 implements that protocol:
 
-1. :func:`stratified_split` holds out ``val_fraction`` of trainval per class (seeded);
+1. :func:`stratified_split` holds out ``val_fraction`` of trainval per class (seeded), or
+   :func:`per_class_split` exactly ``val_per_class`` images per class where the dataset's
+   reference split fixes that number (EuroSAT: 540);
 2. :func:`refine_search` evaluates ``C`` on a log grid over ``[c_min, c_max]`` and then refines
    around the best value by halving the log-step ``refine_steps`` times; the best ``C`` has the
    highest validation accuracy, and **ties go to the smallest ``C``** (the strongest
@@ -14,22 +16,26 @@ implements that protocol:
 4. this repeats for every seed; the accuracies are averaged and turned into log-odds.
 
 Fits along the search are warm-started from the already fitted ``C`` nearest in log-space, and
-the coarse grid runs from strong to weak regularisation so that every start is close.
+the coarse grid runs from strong to weak regularisation so that every start is close. A fit that
+stops on ``max_iter`` or a failed line search is used as it is, but never silently: it is logged
+as a warning, and each seed records whether its final refit converged.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from protohead.evaluation.checks import check_finite_cast
 from protohead.evaluation.logreg import LogisticRegression
 from protohead.evaluation.metrics import log_odds
-from protohead.evaluation.splits import stratified_split
+from protohead.evaluation.splits import per_class_split, stratified_split
 
 __all__ = ["ProbeResult", "SearchConfig", "SeedResult", "linear_probe", "refine_search"]
 
@@ -57,6 +63,7 @@ class SearchConfig:
         device: Device of the fits; ``None`` keeps the features' device.
 
     Raises:
+        TypeError: If a count is not an int or a bound or fraction is not a real number.
         ValueError: On an out-of-range value.
 
     Example:
@@ -75,6 +82,17 @@ class SearchConfig:
     device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
+        # Types first: a float count fails late inside range(), a str bound inside math.log10.
+        for name in ("grid_points", "refine_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        for name in ("c_min", "c_max", "val_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"{name} must be a real number, got {value!r} ({type(value).__name__})"
+                )
         if not (math.isfinite(self.c_min) and self.c_min > 0):
             raise ValueError(f"c_min must be a finite number > 0, got {self.c_min!r}")
         if not (math.isfinite(self.c_max) and self.c_max >= self.c_min):
@@ -100,10 +118,15 @@ class SeedResult:
         val_accuracy: Validation accuracy at ``best_c`` (fraction).
         test_accuracy: Test top-1 of the trainval refit at ``best_c`` (fraction).
         trials: ``(C, val_accuracy)`` pairs in evaluation order.
+        converged: Whether the trainval refit met its tolerance (``converged_``).
+        stop_reason: Why the refit stopped (``stop_reason_``: ``"gtol"``, ``"ftol"``,
+            ``"max_iter"`` or ``"line_search"``).
 
     Example:
-        >>> SeedResult(0, best_c=1.0, val_accuracy=0.9, test_accuracy=0.88, trials=((1.0, 0.9),))
-        SeedResult(seed=0, best_c=1.0, val_accuracy=0.9, test_accuracy=0.88, trials=((1.0, 0.9),))
+        >>> result = SeedResult(0, best_c=1.0, val_accuracy=0.9, test_accuracy=0.88,
+        ...                     trials=((1.0, 0.9),))
+        >>> result.converged, result.stop_reason
+        (True, 'gtol')
     """
 
     seed: int
@@ -111,6 +134,8 @@ class SeedResult:
     val_accuracy: float
     test_accuracy: float
     trials: tuple[tuple[float, float], ...]
+    converged: bool = True
+    stop_reason: str = "gtol"
 
 
 @dataclass(frozen=True)
@@ -215,6 +240,8 @@ def linear_probe(
     seeds: Sequence[int] = (0,),
     config: SearchConfig | None = None,
     num_classes: int | None = None,
+    val_per_class: int | None = None,
+    name: str | None = None,
 ) -> ProbeResult:
     """Run the tuned linear-probe protocol for each seed and average the test accuracy.
 
@@ -229,14 +256,20 @@ def linear_probe(
             deterministic, so seeds differ only through the split.
         config: Search and fit settings; defaults to :class:`SearchConfig()`.
         num_classes: Number of classes; defaults to ``max(trainval_labels) + 1``.
+        val_per_class: Validate on exactly this many trainval samples per class
+            (:func:`per_class_split`, e.g. EuroSAT's 540, see
+            :attr:`TransferDataset.val_per_class <protohead.evaluation.pairs.TransferDataset>`);
+            ``None`` holds out ``config.val_fraction`` per class (:func:`stratified_split`).
+        name: Dataset name for the log messages (e.g. unconverged fits).
 
     Returns:
         A :class:`ProbeResult`.
 
     Raises:
         TypeError: If an input is not a tensor.
-        ValueError: On shape mismatches, an empty or repeated ``seeds``, a class with fewer
-            than 2 trainval samples or a test label without a class.
+        ValueError: On shape mismatches, an empty or repeated ``seeds``, a class with too few
+            trainval samples for the validation split, a test label without a class, or
+            features that are not finite in ``config.dtype``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -267,6 +300,10 @@ def linear_probe(
     y_all = trainval_labels.to(device=device, dtype=torch.long)
     x_test = test_features.to(device=device, dtype=cfg.dtype)
     y_test = test_labels.to(device=device, dtype=torch.long)
+    # Checked after the cast: finite float64 features can overflow a float32 fit.
+    check_finite_cast(x_all, trainval_features, "trainval features")
+    check_finite_cast(x_test, test_features, "test features")
+    label = "linear probe" if name is None else name
 
     def make(c: float) -> LogisticRegression:
         return LogisticRegression(c, max_iter=cfg.max_iter, tol=cfg.tol, dtype=cfg.dtype)
@@ -274,13 +311,19 @@ def linear_probe(
     refits: dict[float, tuple[float, LogisticRegression]] = {}
     results: list[SeedResult] = []
     for seed in seed_list:
-        train_idx, val_idx = stratified_split(
-            trainval_labels.cpu(), val_fraction=cfg.val_fraction, seed=seed
-        )
+        if val_per_class is None:
+            train_idx, val_idx = stratified_split(
+                trainval_labels.cpu(), val_fraction=cfg.val_fraction, seed=seed
+            )
+        else:
+            train_idx, val_idx = per_class_split(
+                trainval_labels.cpu(), per_class=val_per_class, seed=seed
+            )
         train_idx, val_idx = train_idx.to(device), val_idx.to(device)
         x_train, y_train = x_all[train_idx], y_all[train_idx]
         x_val, y_val = x_all[val_idx], y_all[val_idx]
         fitted: dict[float, LogisticRegression] = {}
+        unconverged: list[str] = []
 
         def score(
             c: float,
@@ -289,24 +332,53 @@ def linear_probe(
             x_val: torch.Tensor = x_val,
             y_val: torch.Tensor = y_val,
             fitted: dict[float, LogisticRegression] = fitted,
+            unconverged: list[str] = unconverged,
         ) -> float:
             clf = make(c).fit(x_train, y_train, num_classes=k, warm_start=_nearest(fitted, c))
             fitted[c] = clf
+            if not clf.converged_:
+                unconverged.append(f"C={c:.3g}: {clf.stop_reason_}")
             return clf.score(x_val, y_val)
 
         best_c, val_acc, trials = refine_search(score, cfg)
+        if unconverged:
+            # One line per seed, not per fit: a too small max_iter would flood the log.
+            logger.warning(
+                "%s, seed %d: %d of %d search fits did not converge (%s); raise max_iter",
+                label,
+                seed,
+                len(unconverged),
+                len(trials),
+                ", ".join(unconverged),
+            )
         if best_c not in refits:
             clf = make(best_c).fit(x_all, y_all, num_classes=k, warm_start=fitted[best_c])
             refits[best_c] = (clf.score(x_test, y_test), clf)
-        test_acc = refits[best_c][0]
+            if not clf.converged_:
+                logger.warning(
+                    "%s, seed %d: the final fit at C=%.3g did not converge (stop reason %s after "
+                    "%d iterations); its test accuracy is that of an unfinished fit, raise "
+                    "max_iter",
+                    label,
+                    seed,
+                    best_c,
+                    clf.stop_reason_,
+                    clf.n_iter_,
+                )
+        test_acc, final = refits[best_c]
         logger.info(
-            "seed %d: best C=%.3g (val %.2f%%), test top-1 %.2f%%",
+            "%s, seed %d: best C=%.3g (val %.2f%%), test top-1 %.2f%%",
+            label,
             seed,
             best_c,
             100 * val_acc,
             100 * test_acc,
         )
-        results.append(SeedResult(seed, best_c, val_acc, test_acc, trials))
+        results.append(
+            SeedResult(
+                seed, best_c, val_acc, test_acc, trials, final.converged_, final.stop_reason_
+            )
+        )
 
     accuracies = [r.test_accuracy for r in results]
     mean = statistics.fmean(accuracies)

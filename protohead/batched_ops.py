@@ -52,11 +52,64 @@ def _check_images(x: object, rgb: bool = True) -> Tensor:
     return x
 
 
-def _per_sample(name: str, value: object, x: Tensor) -> Tensor:
-    if not isinstance(value, Tensor) or value.shape != x.shape[:1]:
-        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a tensor of shape ({x.shape[0]},), got {got}")
-    return value.to(device=x.device, dtype=x.dtype if value.is_floating_point() else value.dtype)
+def _check_tensor(name: str, value: object, shape: tuple[int, ...], want: str) -> Tensor:
+    """``value`` as a tensor of ``shape`` (``-1``: any size) with a ``want`` dtype."""
+    dims = ", ".join("n" if d < 0 else str(d) for d in shape)
+    shown = f"({dims},)" if len(shape) == 1 else f"({dims})"
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {shown}, got {type(value).__name__}")
+    if value.ndim != len(shape) or any(
+        d >= 0 and d != v for d, v in zip(shape, value.shape, strict=True)
+    ):
+        raise ValueError(f"{name} must be a tensor of shape {shown}, got {tuple(value.shape)}")
+    kind = value.dtype
+    ok = {
+        "bool": kind == torch.bool,
+        "integer": not (kind.is_floating_point or kind.is_complex or kind == torch.bool),
+        "real": not (kind.is_complex or kind == torch.bool),
+    }[want]
+    if not ok:
+        article = "an" if want == "integer" else "a"
+        raise TypeError(f"{name} must have {article} {want} dtype, got {kind}")
+    return value
+
+
+def _per_sample(name: str, value: object, x: Tensor, mask: bool = False) -> Tensor:
+    """A ``(n,)`` parameter on ``x``'s device: a bool mask, or real values in ``x``'s dtype."""
+    v = _check_tensor(name, value, x.shape[:1], "bool" if mask else "real")
+    return v.to(x.device) if mask else v.to(device=x.device, dtype=x.dtype)
+
+
+def _first_bad(bad: Tensor) -> int | None:
+    """Index of the first true entry of a CPU ``(n,)`` mask, None if there is none."""
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _check_size(size: object) -> tuple[int, int]:
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in pair):
+        raise TypeError(f"size must be an int or a pair of ints (h, w), got {size!r}")
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"size must be an int or (h, w) pair >= 1, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_crops(images: Tensor, index: Tensor, boxes: Tensor) -> None:
+    """Value checks of :func:`resized_crops` for the arguments on the CPU (host reads)."""
+    b, h, w = images.shape[0], images.shape[2], images.shape[3]
+    if index.device.type == "cpu":
+        i = _first_bad((index < 0) | (index >= b))
+        if i is not None:
+            raise ValueError(f"index must lie in [0, {b}), got index[{i}] = {int(index[i])}")
+    if boxes.device.type == "cpu":
+        top, left, height, width = boxes.to(torch.float64).unbind(1)
+        ok = boxes.isfinite().all(1) & (height > 0) & (width > 0) & (top >= 0) & (left >= 0)
+        i = _first_bad(~(ok & (top + height <= h) & (left + width <= w)))
+        if i is not None:
+            raise ValueError(
+                "boxes must be finite (top, left, height, width) with height, width > 0 inside "
+                f"the {h}x{w} images, got boxes[{i}] = {boxes[i].tolist()}"
+            )
 
 
 def resized_crops(
@@ -74,11 +127,20 @@ def resized_crops(
     edge row/column is repeated at the border.
 
     Shapes: images ``(b, c, h, w)`` float, index ``(n,)`` int in ``[0, b)``, boxes ``(n, 4)``
-    as ``(top, left, height, width)`` in pixels -> ``(n, c, size_h, size_w)``.
+    as ``(top, left, height, width)`` in pixels, finite, with ``height, width > 0`` and inside
+    the image (``top, left >= 0``, ``top + height <= h``, ``left + width <= w``) ->
+    ``(n, c, size_h, size_w)`` in the images' dtype (half-precision images are resampled in
+    float32). ``index`` and ``boxes`` may live on the CPU or the images' device.
+
+    Values are checked where they are on the CPU (host-side parameters, the usual case); on an
+    accelerator a check would stall the host, so values there are trusted: an index out of
+    range reads out of bounds (the batched ``GPUMultiCrop`` builds valid ones itself).
 
     Raises:
-        TypeError: If ``images`` is not a floating point tensor.
-        ValueError: If a shape is wrong or ``size`` is not positive.
+        TypeError: If ``images`` is not a floating point tensor, ``index``/``boxes`` not an
+            integer/real tensor, or ``size`` not an int or a pair of ints.
+        ValueError: If a shape is wrong, ``size`` is not positive or, on the CPU, an index is
+            out of range or a box is not finite, empty or outside the image.
 
     Example:
         >>> img = torch.arange(16.0).view(1, 1, 4, 4)
@@ -87,16 +149,15 @@ def resized_crops(
                   [6., 7.]]]])
     """
     _check_images(images, rgb=False)
-    if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
-        got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"boxes must be a tensor of shape (n, 4), got {got}")
-    if not isinstance(index, Tensor) or index.shape != boxes.shape[:1]:
-        got = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
-        raise ValueError(f"index must be a tensor of shape ({boxes.shape[0]},), got {got}")
-    out_hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(out_hw) != 2 or min(out_hw) < 1:
-        raise ValueError(f"size must be an int or (h, w) pair >= 1, got {size!r}")
-    return crop_resize(images, index, boxes, (int(out_hw[0]), int(out_hw[1])))
+    boxes = _check_tensor("boxes", boxes, (-1, 4), "real")
+    index = _check_tensor("index", index, boxes.shape[:1], "integer")
+    out_hw = _check_size(size)
+    _check_crops(images, index, boxes)
+    # roi_align has no CPU bfloat16 kernel, and half-precision box coordinates would be coarse.
+    exact = images.dtype in (torch.float32, torch.float64)
+    work = images if exact else images.to(torch.float32)
+    out = crop_resize(work, index.to(images.device), boxes.to(images.device), out_hw)
+    return out if exact else out.to(images.dtype)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -105,7 +166,7 @@ def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
     Shapes: ``(n, 3, h, w), (n,) -> (n, 3, h, w)``; ``factor >= 0``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``factor`` not a real tensor.
         ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``factor`` is not ``(n,)``.
 
     Example:
@@ -123,7 +184,7 @@ def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
     Shapes: ``(n, 3, h, w), (n,) -> (n, 3, h, w)``; ``factor >= 0``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``factor`` not a real tensor.
         ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``factor`` is not ``(n,)``.
 
     Example:
@@ -141,7 +202,7 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     Shapes: ``(n, 3, h, w), (n,) -> (n, 3, h, w)``; ``factor >= 0`` (0 gives grayscale).
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``factor`` not a real tensor.
         ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``factor`` is not ``(n,)``.
 
     Example:
@@ -160,7 +221,7 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
     Shapes: ``(n, 3, h, w), (n,) bool -> (n, 3, h, w)``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``apply`` not a bool tensor.
         ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``apply`` is not ``(n,)``.
 
     Example:
@@ -168,7 +229,7 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
         >>> grayscale(x, torch.tensor([True])).flatten()
         tensor([0.5870, 0.5870, 0.5870])
     """
-    g = _per_sample("apply", apply, _check_images(x)).to(x.dtype)
+    g = _per_sample("apply", apply, _check_images(x), mask=True).to(x.dtype)
     return blend_(x.clone(), 1.0 - g, g, None)
 
 
@@ -178,7 +239,7 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     Shapes: ``(n, 3, h, w), (n,) -> (n, 3, h, w)``; ``factor`` in ``[-0.5, 0.5]``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``factor`` not a real tensor.
         ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``factor`` is not ``(n,)``.
 
     Example:
@@ -196,11 +257,16 @@ def color_jitter(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
     torchvision's ``fn_idx``) with factors ``factors[i] = (brightness, contrast, saturation,
     hue)``; ``(1, 1, 1, 0)`` leaves a sample unchanged.
 
-    Shapes: ``(n, 3, h, w), (n, 4) int, (n, 4) -> (n, 3, h, w)``.
+    Shapes: ``(n, 3, h, w), (n, 4) int, (n, 4) -> (n, 3, h, w)``. ``order`` and ``factors``
+    may live on the CPU or ``x``'s device; the rows of ``order`` are checked to be permutations
+    where it is on the CPU (on an accelerator the check would stall the host, so rows there are
+    trusted).
 
     Raises:
-        TypeError: If ``x`` is not floating point.
-        ValueError: If ``x`` is not ``(n, 3, h, w)`` or ``order``/``factors`` are not ``(n, 4)``.
+        TypeError: If ``x`` is not floating point, ``order`` not an integer tensor or
+            ``factors`` not a real one.
+        ValueError: If ``x`` is not ``(n, 3, h, w)``, ``order``/``factors`` are not ``(n, 4)``
+            or (on the CPU) a row of ``order`` is not a permutation of 0..3.
 
     Example:
         >>> x = torch.rand(2, 3, 4, 4)
@@ -208,11 +274,15 @@ def color_jitter(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
         >>> torch.allclose(color_jitter(x, order, factors), x, atol=1e-6)
         True
     """
-    _check_images(x)
-    for name, t in (("order", order), ("factors", factors)):
-        if not isinstance(t, Tensor) or t.shape != (x.shape[0], 4):
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a tensor of shape ({x.shape[0]}, 4), got {got}")
+    n = _check_images(x).shape[0]
+    order = _check_tensor("order", order, (n, 4), "integer")
+    factors = _check_tensor("factors", factors, (n, 4), "real")
+    if order.device.type == "cpu":
+        i = _first_bad((order.sort(dim=1).values != torch.arange(4)).any(dim=1))
+        if i is not None:
+            raise ValueError(
+                f"order rows must be permutations of 0..3, got order[{i}] = {order[i].tolist()}"
+            )
     apply = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     return color_jitter_(x.clone(), order.to(x.device), factors.to(x), apply)
 
@@ -232,7 +302,8 @@ def gaussian_blur(
         apply: Optional ``(n,)`` bool mask; ``None`` blurs every sample.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point, ``sigma`` not a real tensor, ``apply`` not
+            a bool one or ``kernel_size`` not an int.
         ValueError: On a bad shape or kernel size.
 
     Example:
@@ -243,7 +314,9 @@ def gaussian_blur(
     _check_images(x, rgb=False)
     s = _per_sample("sigma", sigma, x)
     mask = torch.ones_like(s, dtype=torch.bool) if apply is None else apply
-    mask = _per_sample("apply", mask, x).to(torch.bool)
+    mask = _per_sample("apply", mask, x, mask=True)
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise TypeError(f"kernel_size must be an int, got {kernel_size!r}")
     if kernel_size < 1 or kernel_size % 2 == 0 or kernel_size >= 2 * min(x.shape[2:]):
         raise ValueError(
             f"kernel_size must be odd, >= 1 and < 2 * min(h, w) = {2 * min(x.shape[2:])}, "
@@ -259,14 +332,14 @@ def solarize(x: Tensor, apply: Tensor, threshold: float = 128 / 255) -> Tensor:
     uint8 scale, as ``MultiCropTransform``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``apply`` not a bool tensor.
         ValueError: If ``apply`` is not ``(n,)``.
 
     Example:
         >>> solarize(torch.tensor([0.2, 0.9]).view(1, 1, 1, 2), torch.tensor([True])).flatten()
         tensor([0.2000, 0.1000])
     """
-    mask = col(_per_sample("apply", apply, _check_images(x, rgb=False)).to(torch.bool))
+    mask = col(_per_sample("apply", apply, _check_images(x, rgb=False), mask=True))
     return torch.where((x >= threshold) & mask, 1.0 - x, x)
 
 
@@ -276,12 +349,12 @@ def horizontal_flip(x: Tensor, apply: Tensor) -> Tensor:
     Shapes: ``(n, c, h, w), (n,) bool -> (n, c, h, w)``.
 
     Raises:
-        TypeError: If ``x`` is not floating point.
+        TypeError: If ``x`` is not floating point or ``apply`` not a bool tensor.
         ValueError: If ``apply`` is not ``(n,)``.
 
     Example:
         >>> horizontal_flip(torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([True]))
         tensor([[[[2., 1.]]]])
     """
-    mask = _per_sample("apply", apply, _check_images(x, rgb=False)).to(torch.bool)
+    mask = _per_sample("apply", apply, _check_images(x, rgb=False), mask=True)
     return torch.where(col(mask), x.flip(-1), x)

@@ -23,8 +23,10 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
 from protohead.class_subset import ClassSubset
+from protohead.collate_checks import check_batch, label_tensor, sample_pair
 from protohead.evaluation.errors import DatasetUnavailableError
 from protohead.evaluation.fashion_mnist import FashionMNIST
+from protohead.image_batch import check_image
 from protohead.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -190,6 +192,7 @@ class SkipBadCollate:
 
     Raises:
         UnreadableImageError: From ``__call__``, if every sample of a batch was unreadable.
+        ValueError: From ``__call__``, if the batch is empty.
 
     Example:
         >>> from protohead import multicrop_collate
@@ -206,7 +209,7 @@ class SkipBadCollate:
         self.collate_fn = collate_fn
 
     def __call__(self, batch: Sequence[Any]) -> tuple[Any, Any, int]:
-        good = [s for s in batch if not isinstance(s, SkippedSample)]
+        good = [s for s in check_batch(batch) if not isinstance(s, SkippedSample)]
         skipped = len(batch) - len(good)
         if not good:
             first = batch[0]
@@ -217,23 +220,27 @@ class SkipBadCollate:
 
 
 def uint8_collate(batch: Sequence[tuple[Tensor, int]]) -> tuple[Tensor | list[Tensor], Tensor]:
-    """Collate uint8 ``(c, h, w)`` images for an on-device augmenter such as ``GPUMultiCrop``.
+    """Collate uint8 ``(c, h, w)`` images, c in {1, 3}, for an on-device augmenter (GPUMultiCrop).
 
     Same-size images are stacked into ``(b, c, h, w)``; otherwise the list is kept (the
-    augmenter pads it). Labels become an int64 ``(b,)`` tensor.
+    augmenter pads it). Labels (ints or one-element integer tensors, as for
+    :func:`~protohead.multicrop_collate`) become an int64 ``(b,)`` tensor.
 
     Raises:
-        ValueError: If the batch is empty.
+        TypeError: If an image is not a uint8 tensor or a label not an integer.
+        ValueError: If the batch is empty, a sample is not an ``(image, label)`` pair or an
+            image is not ``(c, h, w)`` with c in {1, 3} and h, w >= 1.
 
     Example:
         >>> images, labels = uint8_collate([(torch.zeros(3, 2, 2, dtype=torch.uint8), 4)] * 2)
         >>> tuple(images.shape), labels.tolist()
         ((2, 3, 2, 2), [4, 4])
     """
-    if len(batch) == 0:
-        raise ValueError("batch must contain at least one sample, got an empty batch")
-    images = [image for image, _ in batch]
-    labels = torch.tensor([int(label) for _, label in batch], dtype=torch.int64)
+    pairs = [sample_pair(j, sample, "image") for j, sample in enumerate(check_batch(batch))]
+    images = [
+        check_image(image, f"the image of batch[{j}]", 3) for j, (image, _) in enumerate(pairs)
+    ]
+    labels = torch.stack([label_tensor(j, label) for j, (_, label) in enumerate(pairs)])
     if all(image.shape == images[0].shape for image in images):
         return torch.stack(images), labels
     return images, labels

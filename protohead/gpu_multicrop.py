@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,8 @@ from torchvision.transforms import InterpolationMode
 
 from protohead import batched_kernels as kernels
 from protohead.batched_kernels import crop_resize
-from protohead.image_batch import as_image_batch, check_sizes, valid_region_float
-from protohead.multicrop_params import CropParams, MultiCropParams, sample_crop_params
+from protohead.image_batch import as_image_batch, valid_region_float
+from protohead.multicrop_params import CropParams, MultiCropParams, check_params, sample_crop_params
 from protohead.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform
 
 __all__ = ["GPUMultiCrop"]
@@ -47,6 +48,11 @@ _SHARED = (
     "interpolation",
 )
 _RESAMPLED = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+# Read-only after __init__ (_mean, _std and blur_kernel_size are derived from the settings).
+_FROZEN = frozenset(
+    {*_SHARED, "output_dtype", "channels_last", "cpu_chunk_size", "fuse", "blur_kernel_size"}
+    | {"_mean", "_std", "_frozen"}
+)
 
 
 class GPUMultiCrop(nn.Module):
@@ -59,6 +65,8 @@ class GPUMultiCrop(nn.Module):
     (:func:`~protohead.multicrop_params.sample_crop_params`) from an optional
     ``torch.Generator``. No host sync happens in ``forward`` on accelerators (move the
     module there with ``.to(device)``); on the CPU ops skip the samples they leave unchanged.
+    Settings are read-only once built, as ``MultiCropTransform``'s: build a new module to change
+    them (e.g. ``GPUMultiCrop.from_transform(transform, **overrides)``).
 
     Differences from the PIL pipeline, all within the op tolerances tested against
     ``torchvision.transforms.v2.functional`` on float images:
@@ -92,6 +100,7 @@ class GPUMultiCrop(nn.Module):
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If an argument is out of range.
+        AttributeError: When a setting is set or deleted after construction.
 
     Example:
         >>> aug = GPUMultiCrop(num_local_crops=2, global_crop_size=32, local_crop_size=16)
@@ -202,6 +211,22 @@ class GPUMultiCrop(nn.Module):
         # Derived from the arguments, so nothing needs saving in a state dict.
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._check_mutable(name, "set")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._check_mutable(name, "delete")
+        super().__delattr__(name)
+
+    def _check_mutable(self, name: str, action: str) -> None:
+        if name in _FROZEN and self.__dict__.get("_frozen", False):
+            raise AttributeError(
+                f"GPUMultiCrop settings are read-only (cannot {action} {name!r}); build a new "
+                "GPUMultiCrop instead, e.g. GPUMultiCrop.from_transform(transform, **overrides)"
+            )
 
     @classmethod
     def from_transform(cls, transform: MultiCropTransform, **overrides: object) -> GPUMultiCrop:
@@ -245,19 +270,20 @@ class GPUMultiCrop(nn.Module):
     ) -> MultiCropParams:
         """Draws every crop's random parameters for images of valid sizes ``(b, 2)``.
 
-        ``forward`` is ``render(images, sample_params(sizes, generator), sizes)``.
+        ``forward`` is ``render(images, sample_params(sizes, generator), sizes)``. Sizes must be
+        integers >= 1: checked where ``sizes`` is on the CPU (e.g. from a host-side collate),
+        clamped to >= 1 on an accelerator, where a check would sync.
 
         Raises:
             TypeError: If ``sizes`` is not an integer tensor or ``generator`` not a Generator.
-            ValueError: If ``sizes`` is not ``(b, 2)`` or the generator is on another device.
+            ValueError: If ``sizes`` is not ``(b, 2)``, a size is < 1 (on the CPU) or the
+                generator is on another device.
 
         Example:
             >>> p = GPUMultiCrop().sample_params(torch.tensor([[256, 256]] * 4))
             >>> p.global_crops.top.shape, p.local_crops.top.shape
             (torch.Size([1, 4]), torch.Size([8, 4]))
         """
-        check_sizes(sizes, None)
-        _check_generator(generator, sizes.device)
         common = {
             "ratio": self.ratio,
             "flip_p": self.flip_p,
@@ -326,22 +352,16 @@ class GPUMultiCrop(nn.Module):
     ) -> list[Tensor]:
         """Renders the crops for given parameters (deterministic); inputs as :meth:`forward`.
 
+        On the CPU every crop box must lie inside its image's valid region (see
+        :func:`~protohead.multicrop_params.check_params`); on an accelerator reading the boxes
+        would sync the host, so they are trusted there: sample them for these images' sizes.
+
         Raises:
             TypeError, ValueError: As :meth:`forward`, or if ``params`` does not match the batch.
         """
         batch, valid = as_image_batch(images, sizes)
-        if not isinstance(params, MultiCropParams):
-            raise TypeError(f"params must be MultiCropParams, got {type(params).__name__}")
-        for p, n in (
-            (params.global_crops, self.num_global_crops),
-            (params.local_crops, self.num_local_crops),
-        ):
-            if p.flip.shape != (n, batch.shape[0]) or p.flip.device != batch.device:
-                raise ValueError(
-                    f"params must hold ({n}, {batch.shape[0]}) crops per group on "
-                    f"{batch.device} for this batch, got {tuple(p.flip.shape)} on {p.flip.device}"
-                )
-        return self._render_batch(batch, valid, params)
+        counts = (self.num_global_crops, self.num_local_crops)
+        return self._render_batch(batch, valid, check_params(params, counts, batch, valid))
 
     def _render_batch(
         self, batch: Tensor, sizes: Tensor | None, params: MultiCropParams
@@ -410,15 +430,4 @@ class GPUMultiCrop(nn.Module):
             flip=self.flip_p > 0.0,
             fused=fused,
             out_dtype=self.output_dtype if fused else x.dtype,
-        )
-
-
-def _check_generator(generator: object, device: torch.device) -> None:
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
-    if generator.device.type != device.type:
-        raise ValueError(
-            f"generator must be on the images' device ({device}), got one on {generator.device}"
         )

@@ -13,10 +13,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["as_image_batch", "check_sizes", "pad_images", "valid_region_float"]
+__all__ = ["as_image_batch", "check_image", "check_sizes", "pad_images", "valid_region_float"]
 
 
-def _check_image(image: object, name: str, rank: int) -> Tensor:
+def check_image(image: object, name: str, rank: int) -> Tensor:
+    """Checks a uint8 image (``rank=3``, ``(c, h, w)``) or batch (``rank=4``), c in {1, 3}.
+
+    Raises:
+        TypeError: If ``image`` (called ``name`` in messages) is not a uint8 tensor.
+        ValueError: If its rank or channel count is wrong, or ``h`` or ``w`` is 0.
+
+    Example:
+        >>> check_image(torch.zeros(1, 2, 2, dtype=torch.uint8), "image", 3).shape
+        torch.Size([1, 2, 2])
+    """
     if not isinstance(image, Tensor):
         raise TypeError(f"{name} must be a uint8 tensor, got {type(image).__name__}")
     if image.dtype != torch.uint8:
@@ -34,12 +44,13 @@ def check_sizes(sizes: object, batch: Tensor | None) -> Tensor:
     """Checks integer ``(b, 2)`` sizes; returns them as int64 clamped into ``batch``'s extent.
 
     Values are only checked on the CPU (on an accelerator a check would sync the host), else
-    clamped into ``[1, h] x [1, w]``. With ``batch=None`` only the type and shape are checked.
+    clamped into ``[1, h] x [1, w]``. With ``batch=None`` there is no upper bound: values must
+    be >= 1 (checked on the CPU, clamped to >= 1 elsewhere).
 
     Raises:
         TypeError: If ``sizes`` is not an integer tensor.
         ValueError: If its shape is not ``(b, 2)``, it is on another device than ``batch``, or
-            (on the CPU) a value lies outside the batch's extent.
+            (on the CPU) a value lies outside the batch's extent (is < 1 with ``batch=None``).
 
     Example:
         >>> batch = torch.zeros(2, 3, 5, 6, dtype=torch.uint8)
@@ -54,7 +65,10 @@ def check_sizes(sizes: object, batch: Tensor | None) -> Tensor:
     if sizes.ndim != 2 or sizes.shape[1] != 2 or (batch is not None and sizes.shape[0] != int(b)):
         raise ValueError(f"sizes must have shape ({b}, 2), got {tuple(sizes.shape)}")
     if batch is None:
-        return sizes.to(torch.int64)
+        if sizes.device.type == "cpu" and bool((sizes < 1).any()):
+            i = int((sizes < 1).any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"sizes must be >= 1, got sizes[{i}] = {sizes[i].tolist()}")
+        return sizes.to(torch.int64).clamp_min(1)
     if sizes.device != batch.device:
         raise ValueError(f"sizes must be on the images' device {batch.device}, got {sizes.device}")
     h, w = batch.shape[2], batch.shape[3]
@@ -99,7 +113,7 @@ def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         )
     if len(images) == 0:
         raise ValueError("images must hold at least one image, got an empty list")
-    checked = [_check_image(img, f"images[{i}]", 3) for i, img in enumerate(images)]
+    checked = [check_image(img, f"images[{i}]", 3) for i, img in enumerate(images)]
     device = checked[0].device
     if any(img.device != device for img in checked):
         raise ValueError(f"all images must be on one device, got {[i.device for i in checked]}")
@@ -126,7 +140,7 @@ def as_image_batch(images: object, sizes: object = None) -> tuple[Tensor, Tensor
         ((2, 1, 5, 6), None)
     """
     if isinstance(images, Tensor):
-        batch = _check_image(images, "images", 4)
+        batch = check_image(images, "images", 4)
         if batch.shape[0] < 1:
             raise ValueError(f"images must hold at least one image, got {tuple(batch.shape)}")
         return batch, None if sizes is None else check_sizes(sizes, batch)

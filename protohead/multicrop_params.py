@@ -5,6 +5,7 @@
 ``RandomResizedCrop`` box with its 10 attempts and central fallback, the flip, whether colour
 jitter applies, its op order and factors, grayscale, blur and its sigma, and solarize. Everything
 is drawn with tensor ops from one ``torch.Generator`` on the images' device, with no host sync.
+:func:`check_params` checks given parameters against a batch before they are rendered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CropParams", "MultiCropParams", "sample_crop_params"]
+from protohead.image_batch import check_sizes
+
+__all__ = [
+    "CropParams",
+    "MultiCropParams",
+    "check_generator",
+    "check_params",
+    "same_device",
+    "sample_crop_params",
+]
 
 _ATTEMPTS = 10  # RandomResizedCrop tries this many boxes before the central fallback
 
@@ -167,8 +177,11 @@ def sample_crop_params(
     Shapes: sizes ``(b, 2)`` valid ``(h, w)`` per image -> fields ``(num_crops, b)``.
 
     Args:
-        sizes: Integer tensor ``(b, 2)``, each >= 1, on the device to sample on.
-        num_crops: Crops per image, >= 0.
+        sizes: Integer tensor ``(b, 2)``, each >= 1, on the device to sample on. Values are
+            checked when ``sizes`` is on the CPU (typically from a host-side collate such as
+            :func:`~protohead.image_batch.pad_images`); on an accelerator a check would sync,
+            so values there are clamped to >= 1 instead.
+        num_crops: Crops per image, an int >= 0.
         scale: Area fraction range ``(lo, hi)``, ``0 < lo <= hi <= 1``.
         ratio: Aspect ratio range ``(lo, hi)``, ``0 < lo <= hi``.
         flip_p: Flip probability in [0, 1].
@@ -184,7 +197,10 @@ def sample_crop_params(
         The :class:`CropParams`.
 
     Raises:
-        ValueError: If ``sizes`` is not ``(b, 2)`` or ``num_crops < 0``.
+        TypeError: If ``sizes`` is not an integer tensor, ``num_crops`` not an int or
+            ``generator`` not a ``torch.Generator``.
+        ValueError: If ``sizes`` is not ``(b, 2)``, a size (on the CPU) is < 1,
+            ``num_crops < 0`` or ``generator`` is on another device than ``sizes``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -195,11 +211,12 @@ def sample_crop_params(
         >>> p.height.shape, bool((p.top + p.height <= 32).all()), bool(p.solarize.any())
         (torch.Size([3, 1]), True, False)
     """
-    if not isinstance(sizes, Tensor) or sizes.ndim != 2 or sizes.shape[1] != 2:
-        got = tuple(sizes.shape) if isinstance(sizes, Tensor) else type(sizes).__name__
-        raise ValueError(f"sizes must be a tensor of shape (b, 2), got {got}")
+    sizes = check_sizes(sizes, None)
+    if isinstance(num_crops, bool) or not isinstance(num_crops, int):
+        raise TypeError(f"num_crops must be an int, got {num_crops!r}")
     if num_crops < 0:
         raise ValueError(f"num_crops must be >= 0, got {num_crops}")
+    check_generator(generator, sizes.device)
     b = sizes.shape[0]
     m = num_crops * b
     device = sizes.device
@@ -239,3 +256,114 @@ def sample_crop_params(
         "solarize": u_solarize < solarize_p,
     }
     return CropParams(**{k: v.view(num_crops, b, *v.shape[1:]) for k, v in fields.items()})
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device; an index-less accelerator means the current one.
+
+    Example:
+        >>> same_device(torch.device("cuda", 0), torch.device("cuda", 1))
+        False
+    """
+    if a.type != b.type:
+        return False
+    if a.type == "cpu" or a.index == b.index:
+        return True
+
+    def index(d: torch.device) -> int:
+        if d.index is not None:
+            return d.index
+        current = getattr(getattr(torch, d.type, None), "current_device", None)
+        return int(current()) if callable(current) else 0
+
+    return index(a) == index(b)
+
+
+def check_generator(generator: object, device: torch.device) -> None:
+    """Checks that ``generator`` is None or a ``torch.Generator`` on ``device``.
+
+    Raises:
+        TypeError: If ``generator`` is not a ``torch.Generator`` or None.
+        ValueError: If it is on another device (e.g. ``cuda:1`` for ``cuda:0`` images).
+
+    Example:
+        >>> check_generator(torch.Generator().manual_seed(0), torch.device("cpu"))  # fine
+        >>> check_generator(0, torch.device("cpu"))
+        Traceback (most recent call last):
+        ...
+        TypeError: generator must be a torch.Generator or None, got 0
+    """
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    if not same_device(generator.device, device):
+        raise ValueError(
+            f"generator must be on the images' device ({device}), got one on {generator.device}"
+        )
+
+
+def check_params(
+    params: object, counts: tuple[int, int], batch: Tensor, sizes: Tensor | None
+) -> MultiCropParams:
+    """Checks that ``params`` fit a ``(b, c, h, w)`` batch with ``counts`` global/local crops.
+
+    Field shapes and devices are always checked (host-side metadata). Where the batch is on
+    the CPU, every crop box must also lie inside its image's valid region (``sizes``, checked,
+    or the whole image if None) and every jitter order be a permutation of 0..3; on an
+    accelerator reading them would sync the host, so they are trusted there (parameters from
+    :func:`sample_crop_params` for the same sizes always fit).
+
+    Raises:
+        TypeError: If ``params`` is not a ``MultiCropParams`` of ``CropParams``.
+        ValueError: If a field has the wrong shape or device, or (on the CPU) a box or order
+            is invalid.
+
+    Example:
+        >>> from protohead.gpu_multicrop import GPUMultiCrop
+        >>> p = GPUMultiCrop().sample_params(torch.tensor([[2000, 2000]]))
+        >>> small = torch.zeros(1, 3, 20, 24, dtype=torch.uint8)
+        >>> check_params(p, (1, 8), small, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: params.global_crops crop 0 of image 0 has (top, left, height, width) = ...
+    """
+    if not isinstance(params, MultiCropParams):
+        raise TypeError(f"params must be MultiCropParams, got {type(params).__name__}")
+    b, device = batch.shape[0], batch.device
+    for group, n in zip(("global_crops", "local_crops"), counts, strict=True):
+        p = getattr(params, group)
+        if not isinstance(p, CropParams):
+            raise TypeError(f"params.{group} must be CropParams, got {type(p).__name__}")
+        for f in dataclasses.fields(p):
+            v = getattr(p, f.name)
+            if not isinstance(v, Tensor) or v.shape[:2] != (n, b) or v.device != device:
+                got = f"{tuple(v.shape)} on {v.device}" if isinstance(v, Tensor) else type(v)
+                raise ValueError(
+                    f"params must hold ({n}, {b}) crops per group on {device} for this batch, "
+                    f"got params.{group}.{f.name} of shape {got}"
+                )
+        if device.type == "cpu":
+            _check_boxes(group, p, batch, sizes)
+    return params
+
+
+def _check_boxes(group: str, p: CropParams, batch: Tensor, sizes: Tensor | None) -> None:
+    """Host-side value checks of one group of CPU parameters (see :func:`check_params`)."""
+    limit = torch.tensor(batch.shape[2:]).expand(batch.shape[0], 2) if sizes is None else sizes
+    top, left, height, width = p.top, p.left, p.height, p.width
+    ok = (top >= 0) & (left >= 0) & (height >= 1) & (width >= 1)
+    ok &= (top + height <= limit[:, 0]) & (left + width <= limit[:, 1])
+    if not bool(ok.all()):
+        k, i = (~ok).nonzero()[0].tolist()
+        box = [t[k, i].item() for t in (top, left, height, width)]
+        raise ValueError(
+            f"params.{group} crop {k} of image {i} has (top, left, height, width) = {box}, "
+            f"which must lie inside the image's valid region {limit[i].tolist()} (h, w); "
+            "were the params sampled for other image sizes?"
+        )
+    order = p.order
+    if order.shape[2:] != (4,) or not bool((order.sort(dim=-1).values == torch.arange(4)).all()):
+        raise ValueError(
+            f"params.{group}.order must hold permutations of 0..3 (shape (n, b, 4)), "
+            f"got shape {tuple(order.shape)}"
+        )

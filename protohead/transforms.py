@@ -16,6 +16,8 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
+from protohead.collate_checks import check_batch, label_tensor, sample_pair
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -332,7 +334,8 @@ def multicrop_collate(
     Raises:
         ValueError: If the batch is empty, a sample is not a ``(crops, label)`` pair, the crop
             counts differ, or crop ``i`` has different shapes across samples.
-        TypeError: If a crop is not a tensor or a label is not an integer.
+        TypeError: If the crops of a sample are not a list of tensors or a label is not an int
+            or a one-element integer tensor (bools and floats are rejected).
 
     Example:
         >>> sample = ([torch.zeros(3, 8, 8), torch.zeros(3, 4, 4)], 7)
@@ -340,18 +343,22 @@ def multicrop_collate(
         >>> [tuple(c.shape) for c in crops], labels
         ([(2, 3, 8, 8), (2, 3, 4, 4)], tensor([7, 7]))
     """
-    if len(batch) == 0:
-        raise ValueError("batch must contain at least one sample, got an empty batch")
-    first = batch[0][0] if isinstance(batch[0], Sequence) and len(batch[0]) == 2 else ()
-    for j, sample in enumerate(batch):
-        if not isinstance(sample, Sequence) or len(sample) != 2 or len(sample[0]) == 0:
+    pairs = [sample_pair(j, sample, "crops") for j, sample in enumerate(check_batch(batch))]
+    first: Sequence[Any] = ()
+    for j, (crops, _) in enumerate(pairs):
+        if not isinstance(crops, Sequence) or isinstance(crops, (str, bytes)):
+            raise TypeError(
+                f"the crops of batch[{j}] must be a list of tensors, got {type(crops).__name__}"
+            )
+        if len(crops) == 0:
             raise ValueError(f"batch[{j}] must be a (crops, label) pair with >= 1 crop")
-        if len(sample[0]) != len(first):
+        first = first or crops
+        if len(crops) != len(first):
             raise ValueError(
                 f"all samples must have the same number of crops: sample 0 has {len(first)}, "
-                f"sample {j} has {len(sample[0])}"
+                f"sample {j} has {len(crops)}"
             )
-        for i, crop in enumerate(sample[0]):
+        for i, crop in enumerate(crops):
             if not isinstance(crop, torch.Tensor):
                 raise TypeError(f"crop {i} of sample {j} must be a tensor, got {type(crop)}")
             if crop.shape != first[i].shape:
@@ -359,25 +366,8 @@ def multicrop_collate(
                     f"crop {i} of sample {j} has shape {tuple(crop.shape)} but crop {i} of "
                     f"sample 0 has shape {tuple(first[i].shape)}"
                 )
-    stacked = [torch.stack([crops[i] for crops, _ in batch]) for i in range(len(first))]
-    return stacked, torch.stack([_label(j, label) for j, (_, label) in enumerate(batch)])
-
-
-def _label(j: int, label: object) -> torch.Tensor:
-    if isinstance(label, Integral) and not isinstance(label, bool):
-        return torch.tensor(int(label), dtype=torch.int64)
-    if isinstance(label, torch.Tensor):
-        kind = label.dtype
-        if label.numel() == 1 and not (
-            kind.is_floating_point or kind.is_complex or kind == torch.bool
-        ):
-            return label.reshape(()).to(torch.int64)
-        got = f"a {kind} tensor of shape {tuple(label.shape)}"
-    else:
-        got = type(label).__name__
-    raise TypeError(
-        f"label of sample {j} must be an int or a one-element integer tensor, got {got}"
-    )
+    labels = torch.stack([label_tensor(j, label) for j, (_, label) in enumerate(pairs)])
+    return [torch.stack([crops[i] for crops, _ in pairs]) for i in range(len(first))], labels
 
 
 class _EvalTransform:

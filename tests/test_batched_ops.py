@@ -212,3 +212,90 @@ def test_bad_inputs_are_rejected(images: Tensor) -> None:
         resized_crops(images, torch.tensor([0]), torch.tensor([[0, 0, 4]]), 4)
     with pytest.raises(ValueError, match="size must be"):
         resized_crops(images, torch.tensor([0]), torch.tensor([[0, 0, 4, 4]]), 0)
+
+
+@pytest.mark.parametrize(
+    ("index", "match"),
+    [
+        ([0, 2], r"index must lie in \[0, 2\), got index\[1\] = 2"),
+        ([-1, 0], r"index must lie in \[0, 2\), got index\[0\] = -1"),
+        ([100000, 0], r"index must lie in \[0, 2\), got index\[0\] = 100000"),
+    ],
+)
+def test_resized_crops_rejects_indices_outside_the_batch(index: list[int], match: str) -> None:
+    boxes = torch.tensor([[0, 0, 4, 4]] * 2)
+    with pytest.raises(ValueError, match=match):
+        resized_crops(torch.rand(2, 3, 8, 8), torch.tensor(index), boxes, 4)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        [0.0, 0.0, -4.0, 4.0],  # negative height: a C++ vector-size error before
+        [0.0, 0.0, 4.0, 0.0],  # empty: roi_align's antialias path returns zeros
+        [0.0, float("nan"), 4.0, 4.0],
+        [0.0, 0.0, float("inf"), 4.0],
+        [-1.0, 0.0, 4.0, 4.0],
+        [5.0, 0.0, 4.0, 4.0],  # past the bottom of the 8x8 image
+        [0.0, 2.0, 4.0, 6.5],  # past the right edge
+    ],
+)
+def test_resized_crops_rejects_boxes_that_are_not_inside_the_image(box: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"boxes must be finite .* inside the 8x8 images, got"):
+        resized_crops(torch.rand(2, 3, 8, 8), torch.tensor([1]), torch.tensor([box]), 4)
+
+
+def test_resized_crops_accepts_boxes_touching_the_border() -> None:
+    src = torch.rand(1, 1, 8, 8)
+    out = resized_crops(src, torch.tensor([0]), torch.tensor([[4.0, 6.0, 4.0, 2.0]]), (4, 2))
+    assert torch.allclose(out[0], src[0, :, 4:, 6:], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_resized_crops_supports_every_floating_dtype(dtype: torch.dtype) -> None:
+    src = torch.rand(2, 3, 16, 16)
+    index, boxes = torch.tensor([1, 0]), torch.tensor([[1, 2, 12, 9], [0, 0, 16, 16]])
+    out = resized_crops(src.to(dtype), index, boxes, 6)
+    assert out.dtype == dtype
+    expected = resized_crops(src.to(dtype).float(), index, boxes, 6)
+    assert torch.allclose(out.float(), expected, atol=1e-2)
+
+
+def test_parameters_must_be_tensors_of_the_right_dtype(images: Tensor) -> None:
+    with pytest.raises(TypeError, match=r"factor must be a tensor of shape \(6,\), got list"):
+        adjust_brightness(images, [1.0] * 6)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="factor must have a real dtype, got torch.bool"):
+        adjust_saturation(images, torch.ones(6, dtype=torch.bool))
+    for op in (grayscale, solarize, horizontal_flip):
+        with pytest.raises(TypeError, match="apply must have a bool dtype, got torch.float32"):
+            op(images, torch.tensor([0.3, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(TypeError, match="apply must have a bool dtype, got torch.int64"):
+        gaussian_blur(images, torch.ones(6), 3, torch.ones(6, dtype=torch.int64))
+    with pytest.raises(TypeError, match="order must have an integer dtype, got torch.float32"):
+        color_jitter(images, torch.zeros(6, 4), torch.ones(6, 4))
+    with pytest.raises(TypeError, match="index must have an integer dtype, got torch.float32"):
+        resized_crops(images, torch.tensor([0.0]), torch.tensor([[0, 0, 4, 4]]), 4)
+    with pytest.raises(TypeError, match=r"boxes must be a tensor of shape \(n, 4\), got list"):
+        resized_crops(images, torch.tensor([0]), [[0, 0, 4, 4]], 4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [True, 2.5, (4, 4.0), "4"])
+def test_resized_crops_size_must_be_ints(images: Tensor, size: object) -> None:
+    with pytest.raises(TypeError, match="size must be an int or a pair of ints"):
+        resized_crops(images, torch.tensor([0]), torch.tensor([[0, 0, 4, 4]]), size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kernel_size", [3.0, True])
+def test_gaussian_blur_kernel_size_must_be_an_int(images: Tensor, kernel_size: object) -> None:
+    with pytest.raises(TypeError, match=f"kernel_size must be an int, got {kernel_size}"):
+        gaussian_blur(images, torch.ones(6), kernel_size)  # type: ignore[arg-type]
+
+
+def test_color_jitter_order_rows_must_be_permutations(images: Tensor) -> None:
+    order = torch.tensor([[0, 1, 2, 3]] * 6)
+    order[4] = torch.tensor([0, 1, 1, 3])
+    with pytest.raises(ValueError, match=r"order\[4\] = \[0, 1, 1, 3\]"):
+        color_jitter(images, order, torch.ones(6, 4))
+    order[4] = torch.tensor([0, 1, 2, 4])
+    with pytest.raises(ValueError, match="order rows must be permutations of 0..3"):
+        color_jitter(images, order, torch.ones(6, 4))

@@ -126,6 +126,8 @@ def test_skip_bad_collate_rejects_an_all_bad_batch():
         collate([SkippedSample("a.jpg", "x"), SkippedSample("b.jpg", "y")])
     with pytest.raises(TypeError, match="collate_fn must be callable"):
         SkipBadCollate("nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch must contain at least one sample, got an empty"):
+        collate([])  # an IndexError before
 
 
 def test_uint8_collate_stacks_equal_sizes_and_keeps_lists_otherwise():
@@ -137,6 +139,41 @@ def test_uint8_collate_stacks_equal_sizes_and_keeps_lists_otherwise():
     assert isinstance(images, list) and images[1] is b and labels.dtype == torch.int64
     with pytest.raises(ValueError, match="batch must contain at least one sample"):
         uint8_collate([])
+
+
+U8 = torch.zeros(3, 4, 4, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"),
+    [
+        ([(U8, 1), (Image.new("RGB", (4, 4)), 2)], TypeError, r"image of batch\[1\] must be a"),
+        ([(U8.float(), 1)], TypeError, r"batch\[0\] must have dtype torch.uint8"),
+        ([(U8[0], 1)], ValueError, r"image of batch\[0\] must have shape \(c, h, w\)"),
+        ([(U8[:, :0], 1)], ValueError, r"h, w >= 1, got \(3, 0, 4\)"),
+        ([(U8,)], ValueError, r"batch\[0\] must be a \(image, label\) pair, got length 1"),
+        ([U8], ValueError, r"batch\[0\] must be a \(image, label\) pair, got Tensor"),
+    ],
+)
+def test_uint8_collate_requires_uint8_chw_images(batch, error, match):
+    with pytest.raises(error, match=match):
+        uint8_collate(batch)
+
+
+@pytest.mark.parametrize("label", [2.7, True, torch.tensor(1.0), torch.tensor([1, 2]), "3"])
+@pytest.mark.parametrize("collate", [uint8_collate, multicrop_collate])
+def test_collate_functions_reject_the_same_labels(collate, label):
+    sample = (U8, 0) if collate is uint8_collate else ([U8.float()], 0)
+    with pytest.raises(TypeError, match="label of sample 1 must be an int or a one-element"):
+        collate([sample, (sample[0], label)])  # int(2.7) == 2 in uint8_collate before
+
+
+@pytest.mark.parametrize("collate", [uint8_collate, multicrop_collate])
+def test_collate_functions_accept_the_same_labels(collate):
+    image = U8 if collate is uint8_collate else [U8.float()]
+    labels = [3, torch.tensor(4), torch.tensor([5], dtype=torch.int32)]
+    _, out = collate([(image, label) for label in labels])
+    assert out.tolist() == [3, 4, 5] and out.dtype == torch.int64
 
 
 def test_cifar_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ of both augmenters on the same textured images have the same distribution (KS te
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -356,3 +357,66 @@ def test_pixel_statistics_match_the_cpu_transform() -> None:
         stats_a, stats_b = crop_statistics(a), crop_statistics(b)
         for j, name in enumerate(["mean r", "mean g", "mean b", "std", "colourfulness"]):
             assert ks_pvalue(stats_a[:, j], stats_b[:, j]) > 1e-4, (kind, name)
+
+
+def test_render_rejects_boxes_sampled_for_other_image_sizes() -> None:
+    aug = GPUMultiCrop(**SMALL)
+    params = aug.sample_params(torch.tensor([[2000, 2000]] * 2), gen(0))
+    small = torch.full((2, 3, 20, 24), 100, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"params.global_crops crop 0 of image 0 .* \[20, 24\]"):
+        aug.render(small, params)  # silently black crops before
+    padded = torch.full((2, 3, 40, 40), 100, dtype=torch.uint8)
+    params = aug.sample_params(torch.tensor([[40, 40]] * 2), gen(0))
+    with pytest.raises(ValueError, match=r"of image 1 .* valid region \[10, 12\]"):
+        aug.render(padded, params, torch.tensor([[40, 40], [10, 12]]))
+    assert len(aug.render(padded, params, torch.tensor([[40, 40]] * 2))) == aug.num_crops
+
+
+@pytest.mark.parametrize(
+    ("sizes", "error", "match"),
+    [
+        (torch.tensor([[40, 40], [-5, 0]]), ValueError, r"sizes must be >= 1, got sizes\[1\]"),
+        (torch.tensor([[40.0, 40.0]]), TypeError, "sizes must have an integer dtype"),
+        ([[40, 40]], TypeError, r"sizes must be an integer tensor \(b, 2\), got list"),
+    ],
+)
+def test_sample_params_checks_sizes(sizes: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        GPUMultiCrop(**SMALL).sample_params(sizes)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("mean", (0.0, 0.0, 0.0)),
+        ("std", (1.0, 1.0, 1.0)),
+        ("blur_sigma", (0.1, 9.0)),
+        ("num_local_crops", 1),
+        ("output_dtype", torch.float16),
+        ("fuse", True),
+        ("blur_kernel_size", 3),
+        ("_mean", torch.zeros(1, 3, 1, 1)),
+    ],
+)
+def test_settings_are_read_only(name: str, value: object) -> None:
+    aug = GPUMultiCrop(**SMALL)
+    images = textured(2, 40, 40)
+    before = aug(images, generator=gen(0))
+    with pytest.raises(AttributeError, match=f"read-only \\(cannot set '{name}'\\); build a new"):
+        setattr(aug, name, value)
+    with pytest.raises(AttributeError, match=f"cannot delete '{name}'"):
+        delattr(aug, name)
+    after = aug(images, generator=gen(0))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_module_machinery_still_works_with_read_only_settings() -> None:
+    aug = GPUMultiCrop(**SMALL).eval()
+    assert not aug.training and aug.train().training
+    aug.load_state_dict(aug.state_dict())
+    assert aug.to(torch.float64)._mean.dtype == torch.float64  # buffers still move and cast
+    copy = pickle.loads(pickle.dumps(aug))
+    assert copy.mean == aug.mean and copy.num_crops == aug.num_crops
+    aug.note = "user attributes are not settings"  # type: ignore[attr-defined]
+    changed = GPUMultiCrop.from_transform(MultiCropTransform(), mean=(0.0, 0.0, 0.0))
+    assert changed.mean == (0.0, 0.0, 0.0)

@@ -7,7 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protohead.image_batch import as_image_batch, check_sizes, pad_images, valid_region_float
+from protohead.image_batch import (
+    as_image_batch,
+    check_image,
+    check_sizes,
+    pad_images,
+    valid_region_float,
+)
 
 
 @settings(max_examples=25, deadline=None)
@@ -84,3 +90,16 @@ def test_bad_inputs_are_rejected() -> None:
         as_image_batch(good, torch.tensor([[5, 6], [6, 6]]))
     with pytest.raises(ValueError, match=r"sizes must have shape \(b, 2\)"):
         check_sizes(torch.ones(3, dtype=torch.int64), None)
+
+
+def test_sizes_without_a_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"sizes must be >= 1, got sizes\[1\] = \[3, 0\]"):
+        check_sizes(torch.tensor([[5, 6], [3, 0]]), None)
+    assert check_sizes(torch.tensor([[5, 6]], dtype=torch.int16), None).dtype == torch.int64
+
+
+def test_check_image_names_the_image() -> None:
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    assert check_image(image, "image", 3) is image
+    with pytest.raises(TypeError, match="the image of batch 4 must be a uint8 tensor, got list"):
+        check_image([], "the image of batch 4", 3)

@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torchvision.transforms import v2
 
-from protohead.multicrop_params import CropParams, sample_crop_params
+from protohead.multicrop_params import (
+    CropParams,
+    MultiCropParams,
+    check_generator,
+    check_params,
+    same_device,
+    sample_crop_params,
+)
 
 N = 3000  # crops per distribution test
 DEFAULTS: dict[str, Any] = {
@@ -173,7 +180,112 @@ def test_generator_reproducibility_and_views() -> None:
 
 
 def test_bad_arguments_are_rejected() -> None:
-    with pytest.raises(ValueError, match=r"sizes must be a tensor of shape \(b, 2\)"):
+    with pytest.raises(ValueError, match=r"sizes must have shape \(b, 2\), got \(2,\)"):
         draw(torch.tensor([30, 40]), 2)
     with pytest.raises(ValueError, match="num_crops must be >= 0, got -1"):
         draw(torch.tensor([[30, 40]]), -1)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "num_crops", "error", "match"),
+    [
+        ([[30, 40]], 2, TypeError, r"sizes must be an integer tensor \(b, 2\), got list"),
+        (torch.tensor([[30.0, 40.0]]), 2, TypeError, "sizes must have an integer dtype"),
+        (torch.tensor([[30, 40], [0, 5]]), 2, ValueError, r"sizes must be >= 1, got sizes\[1\]"),
+        (torch.tensor([[-5, 40]]), 2, ValueError, r"sizes\[0\] = \[-5, 40\]"),
+        (torch.tensor([[30, 40]]), 1.5, TypeError, "num_crops must be an int, got 1.5"),
+        (torch.tensor([[30, 40]]), True, TypeError, "num_crops must be an int, got True"),
+    ],
+)
+def test_sizes_and_num_crops_are_checked(
+    sizes: Any, num_crops: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        sample_crop_params(sizes, num_crops, scale=(0.25, 1.0), **DEFAULTS)
+
+
+def test_zero_crops_are_allowed() -> None:
+    p = draw(torch.tensor([[30, 40]]), 0)
+    assert p.num_crops == 0 and p.batch_size == 1
+
+
+def test_same_device_compares_indices() -> None:
+    cuda = torch.device
+    assert same_device(cuda("cpu"), cuda("cpu"))
+    assert same_device(cuda("cuda", 1), cuda("cuda", 1))
+    assert not same_device(cuda("cuda", 1), cuda("cuda", 0))
+    assert not same_device(cuda("cpu"), cuda("cuda", 0))
+
+
+def test_same_device_reads_an_index_less_device_as_the_current_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device(torch.device("cuda"), torch.device("cuda", 1))
+    assert not same_device(torch.device("cuda", 0), torch.device("cuda"))
+
+
+class _Cuda1Generator(torch.Generator):
+    """A CPU generator that reports cuda:1, to test the device check without a GPU."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda", 1)
+
+
+def test_generator_must_be_on_the_same_device_index() -> None:
+    with pytest.raises(ValueError, match=r"generator must be on the images' device \(cuda:0\)"):
+        check_generator(_Cuda1Generator(), torch.device("cuda", 0))
+    check_generator(_Cuda1Generator(), torch.device("cuda", 1))
+    check_generator(None, torch.device("cuda", 0))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got 0"):
+        check_generator(0, torch.device("cpu"))
+
+
+def _params(sizes: list[list[int]], n: int = 2) -> MultiCropParams:
+    crops = draw(torch.tensor(sizes), n)
+    return MultiCropParams(crops, crops)
+
+
+def test_check_params_accepts_parameters_sampled_for_the_batch() -> None:
+    batch = torch.zeros(2, 3, 30, 40, dtype=torch.uint8)
+    params = _params([[30, 40], [20, 10]])
+    assert check_params(params, (2, 2), batch, torch.tensor([[30, 40], [20, 10]])) is params
+
+
+def test_check_params_rejects_boxes_outside_the_valid_region() -> None:
+    batch = torch.zeros(2, 3, 20, 24, dtype=torch.uint8)
+    match = r"params.global_crops crop 0 of image 0 .* valid region \[20, 24\]"
+    with pytest.raises(ValueError, match=match):
+        check_params(_params([[2000, 2000]] * 2), (2, 2), batch, None)
+    padded = torch.zeros(2, 3, 30, 40, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"of image 1 .* valid region \[20, 10\]"):
+        check_params(_params([[30, 40]] * 2), (2, 2), padded, torch.tensor([[30, 40], [20, 10]]))
+
+
+def test_check_params_rejects_orders_that_are_not_permutations() -> None:
+    crops = draw(torch.tensor([[30, 40]]), 1)
+    bad = CropParams(**{**vars(crops), "order": torch.zeros(1, 1, 4, dtype=torch.int64)})
+    batch = torch.zeros(1, 3, 30, 40, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="params.local_crops.order must hold permutations"):
+        check_params(MultiCropParams(crops, bad), (1, 1), batch, None)
+
+
+def test_check_params_rejects_wrong_types_and_shapes() -> None:
+    batch = torch.zeros(2, 3, 30, 40, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="params must be MultiCropParams, got dict"):
+        check_params({}, (2, 2), batch, None)
+    with pytest.raises(TypeError, match="params.local_crops must be CropParams, got int"):
+        check_params(MultiCropParams(_params([[30, 40]] * 2).global_crops, 0), (2, 2), batch, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(2, 2\) crops .* params.global_crops.top of shape"):
+        check_params(_params([[30, 40]] * 3), (2, 2), batch, None)
+
+
+def test_check_params_reads_no_values_off_the_cpu() -> None:
+    """Off the CPU only shapes and devices are checked: a value read would sync the host (and
+    fails outright on the meta device used here), so even boxes for 2000 px images pass."""
+    meta = torch.zeros(1, 3, 20, 24, dtype=torch.uint8, device="meta")
+    crops = draw(torch.tensor([[2000, 2000]]), 1)
+    on_meta = CropParams(**{k: v.to("meta") for k, v in vars(crops).items()})
+    params = MultiCropParams(on_meta, on_meta)
+    assert check_params(params, (1, 1), meta, None) is params

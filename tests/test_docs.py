@@ -429,3 +429,20 @@ def test_site_includes_the_changelog_and_the_diagram(site):
     assert first_release.group(1) in changelog
     concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
     assert 'class="mermaid"' in concepts
+
+
+# Modules without an API page, and why.
+UNDOCUMENTED_MODULES = {
+    "batched_kernels": "unchecked hot-path kernels; protohead.batched_ops is their checked API",
+}
+
+
+def test_every_public_module_has_an_api_page():
+    modules = sorted(
+        p.stem
+        for p in (ROOT / "protohead").glob("*.py")
+        if not p.stem.startswith("_") and p.stem not in UNDOCUMENTED_MODULES
+    )
+    rendered = {target for targets in _directives().values() for target in targets}
+    missing = [m for m in modules if f"protohead.{m}" not in rendered]
+    assert not missing, f"modules without a docs/api page: {missing}"

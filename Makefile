@@ -1,6 +1,6 @@
 # protohead developer commands. `make test` works on a fresh machine: it builds .venv,
-# installs the pinned torch/torchvision and the package with its [dev] extra, then runs
-# ruff, mypy and pytest.
+# installs the pinned torch/torchvision and the package with its [dev,timm,docs] extras, then
+# runs ruff, mypy, the strict docs build and pytest.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -63,7 +63,7 @@ demo: $(STAMP) fashion-mnist
 # `make eval-demo`: concept generalisation at small scale. Pretrains the baseline and t-ReX
 # presets on Fashion-MNIST classes 0-4, then probes the frozen backbones on the unseen classes
 # 5-9 with the transfer protocol, and prints one row per preset (seen-class top-1, unseen
-# top-1 and log-odds). CPU only, under 20 minutes on 2 cores.
+# top-1 and log-odds). CPU only, 10 to 12 minutes on 2 cores (setup included).
 EVAL_DEMO_OUT ?= runs/eval-demo
 EVAL_DEMO_FLAGS ?=
 eval-demo: $(STAMP) fashion-mnist

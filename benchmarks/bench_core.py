@@ -3,7 +3,7 @@
 Both sides of every ratio run in the same process, interleaved, so machine noise hits them
 alike. Prints a markdown table.
 
-    python benchmarks/bench_core.py            # full sizes from the issue
+    python benchmarks/bench_core.py            # full sizes (ImageNet-scale memory)
     python benchmarks/bench_core.py --quick    # small smoke run
     python benchmarks/bench_core.py --device cuda --drift-updates 0   # on a GPU
 """

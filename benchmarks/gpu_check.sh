@@ -16,7 +16,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 status=0
-step() {  # step TITLE TIMEOUT CMD...: run, report, keep going (device time is scarce)
+step() {  # step TITLE TIMEOUT CMD...: run, report, keep going (one failure must not hide the rest)
     local title=$1 limit=$2; shift 2
     echo; echo "## $title"
     local begin=$SECONDS

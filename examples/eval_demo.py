@@ -11,9 +11,9 @@ scale, on a CPU:
 3. print one row per preset: top-1 on the seen classes' test images, and the linear-probe top-1
    and log-odds on the unseen classes.
 
-``make eval-demo`` runs it (about 9 minutes on 2 CPU cores). Both steps are the public
-command-line tools, run as subprocesses, so every row can be reproduced by hand from the
-commands this script prints. Results go to ``<output-dir>/eval_demo.json`` (written
+``make eval-demo`` runs it (10 to 12 minutes on 2 CPU cores, setup included). Both steps
+are the public command-line tools, run as subprocesses, so every row can be reproduced by hand
+from the commands this script prints. Results go to ``<output-dir>/eval_demo.json`` (written
 atomically) next to each run's checkpoint and transfer report.
 
     python examples/eval_demo.py --output-dir runs/eval-demo

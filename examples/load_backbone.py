@@ -24,15 +24,26 @@ from torch import nn
 def load_backbone(path: str, arch: str, num_classes: int, small_input_stem: bool) -> nn.Module:
     """The stock ``arch`` with the trained backbone and a fresh ``num_classes`` classifier."""
     model = torchvision.models.get_model(arch, num_classes=num_classes)
-    if small_input_stem:  # the 3x3 stride-1 stem of protohead.BackboneAdapter (ResNets)
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
+    if small_input_stem:
+        _small_stem(model, arch)
     state = torch.load(path, map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{path} does not fit {arch}: unexpected keys {result.unexpected_keys}")
     print(f"loaded {len(state)} tensors; left at their initial values: {result.missing_keys}")
     return model
+
+
+def _small_stem(model: nn.Module, arch: str) -> None:
+    """The 3x3 stride-1 stem that protohead.BackboneAdapter(small_input_stem=True) installs."""
+    if isinstance(model, torchvision.models.ResNet):
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif isinstance(model, torchvision.models.ConvNeXt):
+        stem = model.features[0]
+        stem[0] = nn.Conv2d(3, stem[0].out_channels, 3, stride=1, padding=1)
+    else:
+        raise SystemExit(f"--small-input-stem exists for ResNet and ConvNeXt models, not {arch}")
 
 
 def main() -> None:

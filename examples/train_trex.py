@@ -190,8 +190,9 @@ def train_one_epoch(
         images += batch
         window_images += batch
         if (step + 1) % args.print_freq == 0 or step + 1 == steps:
-            # The only host sync, every print_freq steps; summed over ranks so that all of them
-            # see a non-finite loss at the same step and stop together.
+            # The loop's own host sync, every print_freq steps (fp16's GradScaler and a
+            # distributed memory gather add theirs); summed over ranks so that all of them see a
+            # non-finite loss at the same step and stop together.
             window = torch.stack([window_loss, window_loss.new_tensor(float(window_images))])
             loss_sum, count = all_reduce_sum(window).tolist()
             loss_value = loss_sum / max(count, 1.0)
@@ -268,7 +269,9 @@ def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     so the memory (and the teacher) stay identical without them."""
     ids = [device.index] if device.type == "cuda" else None
     params = inspect.signature(DistributedDataParallel).parameters
-    if "forward_sync_buffers" in params:  # torch >= 2.14 renamed broadcast_buffers
+    # broadcast_buffers is deprecated from torch 2.13; forward_sync_buffers=False still
+    # broadcasts once at construction, harmless since every rank built the same buffers.
+    if "forward_sync_buffers" in params:
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 

@@ -61,12 +61,20 @@ PRESET_FLAGS: dict[str, tuple[Any, str]] = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where the help text does not describe the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Command-line flags; every preset value can be overridden by its own flag."""
     parser = argparse.ArgumentParser(
         description="t-ReX / t-ReX* training (Sariyildiz et al., ICLR 2023)",
         add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group()

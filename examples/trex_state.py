@@ -1,8 +1,9 @@
 """Run directory of ``examples/train_trex.py``: checkpoints, ``metrics.jsonl``, the exported
 ``backbone.pth`` and TensorBoard logs.
 
-Every file is replaced atomically (written next to its destination, then renamed), so a run
-killed at any moment leaves the previous version readable and a re-run resumes cleanly.
+Checkpoints, ``metrics.jsonl`` and ``backbone.pth`` are replaced atomically (written next to
+their destination, then renamed), so a run killed at any moment leaves the previous version
+readable and a re-run resumes cleanly; TensorBoard's event files are appended by its writer.
 """
 
 from __future__ import annotations
@@ -154,10 +155,12 @@ def save_epoch(
     """Main rank, end of an epoch: checkpoint (and every ``save_every`` epochs a kept copy),
     the ``metrics.jsonl`` record and the TensorBoard scalars."""
     epoch = int(metrics["epoch"])
+    # Metrics first: a run killed before the checkpoint lands resumes from the previous epoch
+    # and drops this record (truncate_metrics); the other order would lose it for good.
+    append_metrics(output_dir / METRICS, metrics)
     save_checkpoint(state, output_dir / CHECKPOINT)
     if save_every and epoch % save_every == 0:
         save_checkpoint(state, output_dir / f"checkpoint_epoch{epoch}.pth")
-    append_metrics(output_dir / METRICS, metrics)
     if writer is not None:
         for key, value in metrics.items():
             if key not in ("epoch", "step"):

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from protohead import TReX
+from protohead import BackboneAdapter, TReX
 from protohead.checkpoint import load_checkpoint
 from protohead.data import UnreadableImageError
 from protohead.evaluation import load_checkpoint_backbone
@@ -94,6 +94,9 @@ def test_help_explains_every_preset_override():
         assert f"--{field.replace('_', '-')}" in text
     for flag in ("--dataset", "--data-dir", "--resume", "--max-steps-per-epoch", "--seed"):
         assert flag in text
+    for action in train_trex.get_args_parser()._actions:  # one default per flag, not two
+        shown = train_trex.get_args_parser()._get_formatter()._get_help_string(action) or ""
+        assert shown.count("(default:") <= 1, action.option_strings
 
 
 def test_overrides_win_over_the_preset_and_none_is_a_value(tmp_path):
@@ -209,6 +212,25 @@ def test_backbone_export_loads_into_stock_torchvision(tmp_path):
     loaded = example.load_backbone(str(tmp_path / "backbone.pth"), "resnet18", 7, False)
     assert loaded.fc.out_features == 7
     assert torch.equal(loaded.layer4[1].bn2.running_var, stock.layer4[1].bn2.running_var)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_tiny"])
+def test_load_backbone_rebuilds_the_small_input_stem(tmp_path, arch):
+    adapter = BackboneAdapter(arch, small_input_stem=True)
+    torch.save(adapter.export_state_dict(), tmp_path / "backbone.pth")
+    example = _load("load_backbone", ROOT / "examples" / "load_backbone.py")
+    loaded = example.load_backbone(str(tmp_path / "backbone.pth"), arch, 3, True).eval()
+    adapter.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # same weights, same stem: the pooled features agree
+        head = "fc" if arch == "resnet18" else "classifier"
+        if head == "fc":
+            loaded.fc = torch.nn.Identity()
+        else:
+            loaded.classifier[2] = torch.nn.Identity()
+        torch.testing.assert_close(loaded(x), adapter(x))
+    with pytest.raises(SystemExit, match="ResNet and ConvNeXt"):
+        example.load_backbone(str(tmp_path / "backbone.pth"), "vgg11", 3, True)
 
 
 def _folder(root: Path, corrupt: bool) -> Path:

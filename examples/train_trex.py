@@ -320,6 +320,8 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
         small_input_stem=args.small_input_stem,
         memory_init=args.memory_init,
         on_invalid="skip",
+        # drop_last=True gives every rank equal batches unless bad images are dropped from one.
+        equal_batches=not args.skip_bad_images,
     )
     seed_everything(args.seed + info.rank)
     if info.distributed and args.sync_bn and device.type == "cuda":

@@ -81,18 +81,23 @@ def all_gather_variable(tensor: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def all_gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+def all_gather_rows(*tensors: Tensor, equal_rows: bool = False) -> tuple[Tensor, ...]:
     """:func:`all_gather_variable` for several tensors with the same number of rows.
 
     With a process group, the ranks' row counts are exchanged and read on the host once for
     all the tensors (the one device sync of a distributed gather: the receive buffers must be
-    sized), then each tensor is gathered. Without one, the inputs come back detached.
+    sized), then each tensor is gathered. With ``equal_rows=True`` the caller promises that
+    every rank passes the same number of rows (e.g. a ``DistributedSampler`` with
+    ``drop_last=True`` feeding equal batches): the exchange is skipped and the gather never
+    waits for the device. Unequal counts are then the caller's bug: gloo raises, NCCL's
+    behaviour is undefined. Without a process group, the inputs come back detached.
 
     Shapes: ``(b_r, *rest_i)`` for tensor ``i`` on rank ``r`` ``-> (sum_r b_r, *rest_i)``.
 
     Args:
         *tensors: At least one tensor, each with at least one dimension, all with the same
             number of rows; each one's trailing dims and dtype must agree across ranks.
+        equal_rows: Every rank passes the same number of rows (no count exchange, no sync).
 
     Raises:
         ValueError: If no tensor is given, one is 0-dimensional, or the row counts differ.
@@ -117,6 +122,8 @@ def all_gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
     if world_size == 1:
         return tuple(t.detach() for t in tensors)
 
+    if equal_rows:
+        return tuple(_gather_padded(t.detach().contiguous(), [local] * world_size) for t in tensors)
     device = tensors[0].device
     local_rows = torch.tensor([local], device=device, dtype=torch.long)
     all_rows = torch.empty(world_size, device=device, dtype=torch.long)

@@ -49,7 +49,8 @@ class PrototypeMemoryBank(nn.Module):
     **Distributed.** When ``torch.distributed`` is initialised, :meth:`update` gathers the
     features and labels of all ranks (which may hold different batch sizes) in rank order
     before enqueueing them, so every rank holds the same memory. Sizing that gather reads the
-    ranks' row counts on the host, the one device sync of a distributed update.
+    ranks' row counts on the host, the one device sync of a distributed update, unless
+    ``equal_batches=True`` promises equal row counts on every rank.
 
     Buffers in the ``state_dict``: ``features`` ``(size, dim)`` float32, ``labels``
     ``(size,)`` int64 (``-1`` marks an empty slot), ``ptr`` (next write slot) and
@@ -63,6 +64,10 @@ class PrototypeMemoryBank(nn.Module):
         init: ``"random"`` or ``"empty"``, see above.
         on_invalid: ``"auto"``, ``"raise"`` or ``"skip"``, see above.
         generator: Optional generator for the random initial state.
+        equal_batches: Every rank passes the same number of rows to every :meth:`update`
+            (a ``DistributedSampler`` with ``drop_last=True``): the distributed gather skips
+            the exchange of row counts, so a ``"skip"``-mode update never syncs the host (see
+            :func:`~protohead.distributed.all_gather_rows`). No effect in a single process.
 
     Raises:
         TypeError: If a size is not an int.
@@ -94,6 +99,7 @@ class PrototypeMemoryBank(nn.Module):
         init: MemoryInit = "random",
         on_invalid: OnInvalid = "auto",
         generator: torch.Generator | None = None,
+        equal_batches: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("size", size), ("num_classes", num_classes)):
@@ -105,11 +111,14 @@ class PrototypeMemoryBank(nn.Module):
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         if on_invalid not in _ON_INVALID:
             raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
+        if not isinstance(equal_batches, bool):
+            raise TypeError(f"equal_batches must be a bool, got {type(equal_batches).__name__}")
         self.dim = dim
         self.size = size
         self.num_classes = num_classes
         self.init = init
         self.on_invalid = on_invalid
+        self.equal_batches = equal_batches
 
         self.register_buffer("features", torch.zeros(size, dim), persistent=True)
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long), persistent=True)
@@ -260,6 +269,7 @@ class PrototypeMemoryBank(nn.Module):
         features, labels = all_gather_rows(
             features.to(device=device, dtype=torch.float32),
             labels.to(device=device, dtype=torch.long),
+            equal_rows=self.equal_batches,
         )
         if features.shape[0] == 0:
             return
@@ -384,7 +394,8 @@ class PrototypeMemoryBank(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, num_classes={self.num_classes}, "
-            f"init={self.init!r}, on_invalid={self.on_invalid!r}"
+            f"init={self.init!r}, on_invalid={self.on_invalid!r}, "
+            f"equal_batches={self.equal_batches}"
         )
 
 

@@ -98,6 +98,9 @@ class TReX(nn.Module):
         momentum_schedule: Optional teacher momentum schedule, see :class:`EMATeacher`.
         on_invalid: Memory policy for invalid updates, see :class:`PrototypeMemoryBank`.
         small_input_stem: With a backbone name, use a small-image stem (28–32 px inputs).
+        equal_batches: Every process passes equal batches (``DistributedSampler`` with
+            ``drop_last=True``): the memory's distributed gather needs no host sync, see
+            :class:`PrototypeMemoryBank`.
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -131,6 +134,7 @@ class TReX(nn.Module):
         momentum_schedule: MomentumSchedule | None = None,
         on_invalid: OnInvalid = "auto",
         small_input_stem: bool = False,
+        equal_batches: bool = False,
     ) -> None:
         super().__init__()
         backbone, feature_dim = _resolve_backbone(backbone, feature_dim, small_input_stem)
@@ -156,7 +160,12 @@ class TReX(nn.Module):
         memory = None
         if memory_size > 0:
             memory = PrototypeMemoryBank(
-                out_dim, memory_size, num_classes, init=memory_init, on_invalid=on_invalid
+                out_dim,
+                memory_size,
+                num_classes,
+                init=memory_init,
+                on_invalid=on_invalid,
+                equal_batches=equal_batches,
             )
         self.student = MultiCropEncoder(backbone, projector)
         self.classifier = PrototypeClassifier(out_dim, num_classes, temperature, memory)

@@ -83,6 +83,34 @@ def _trex_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _equal_batches_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import protohead.distributed as pd
+
+    _init(rank, init_file)
+    try:
+        calls: list[int] = []
+        original = pd._all_gather_single
+
+        def counting(output, tensor):
+            calls.append(tensor.shape[0])
+            original(output, tensor)
+
+        pd._all_gather_single = counting
+        results = {}
+        for equal in (False, True):
+            gen = torch.Generator().manual_seed(100 + rank)  # ranks see different data
+            bank = PrototypeMemoryBank(5, 16, 4, init="empty", equal_batches=equal)
+            calls.clear()
+            for _ in range(3):
+                bank.update(
+                    torch.randn(4, 5, generator=gen), torch.randint(0, 4, (4,), generator=gen)
+                )
+            results[equal] = {"state": bank.state_dict(), "collectives": len(calls)}
+        torch.save(results, Path(out_dir) / f"equal{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawn(worker, tmp_path: Path) -> None:
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
 
@@ -103,6 +131,18 @@ def test_memory_identical_across_ranks_with_different_batch_sizes(tmp_path):
         assert features[:, 0].tolist() == [0.0, 1.0, 1.0] and labels.tolist() == [0, 10, 11]
 
 
+def test_equal_batches_skip_the_row_count_exchange_and_give_the_same_memory(tmp_path):
+    _spawn(_equal_batches_worker, tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"equal{r}.pt") for r in range(2))
+    for r in (r0, r1):
+        # 3 updates: counts + features + labels each by default, only the data when equal.
+        assert r[False]["collectives"] == 9 and r[True]["collectives"] == 6
+        for key in r[False]["state"]:
+            assert torch.equal(r[False]["state"][key], r[True]["state"][key]), key
+    assert torch.equal(r0[True]["state"]["features"], r1[True]["state"]["features"])
+    assert int(r0[True]["state"]["ptr"]) == 3 * 8 % 16
+
+
 def test_trex_memory_gathers_teacher_features_from_all_ranks(tmp_path):
     _spawn(_trex_worker, tmp_path)
     m0 = torch.load(tmp_path / "trex0.pt")["memory"]
@@ -119,8 +159,9 @@ def test_gather_without_process_group_is_identity():
     with pytest.raises(ValueError, match="at least 1 dimension"):
         all_gather_variable(torch.tensor(1.0))
     y = torch.arange(3)
-    gx, gy = all_gather_rows(x, y)
-    assert torch.equal(gx, x) and torch.equal(gy, y)
+    for equal in (False, True):
+        gx, gy = all_gather_rows(x, y, equal_rows=equal)
+        assert torch.equal(gx, x) and torch.equal(gy, y)
 
 
 def test_gather_rows_rejects_bad_input():

@@ -295,3 +295,10 @@ def test_check_labels_checks_form_always_and_range_only_in_raise_mode():
             bank.check_labels(torch.tensor([[0, 1]]))
         with pytest.raises(TypeError, match="labels must be a Tensor, got list"):
             bank.check_labels([0, 1])  # type: ignore[arg-type]
+
+
+def test_equal_batches_must_be_a_bool():
+    with pytest.raises(TypeError, match="equal_batches must be a bool, got int"):
+        PrototypeMemoryBank(4, 8, 3, equal_batches=1)  # type: ignore[arg-type]
+    bank = PrototypeMemoryBank(4, 8, 3, equal_batches=True)
+    assert "equal_batches=True" in repr(bank)

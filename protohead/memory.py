@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from protohead._memory_checks import check_label_form, state_problems
 from protohead.distributed import all_gather_rows
 
 __all__ = ["PrototypeMemoryBank"]
@@ -217,7 +218,7 @@ class PrototypeMemoryBank(nn.Module):
             TypeError: If ``labels`` is not an integer tensor.
             ValueError: If ``labels`` is not 1-d, or (``"raise"`` mode) a label is out of range.
         """
-        _check_label_form(labels)
+        check_label_form(labels)
         if self._mode() == "raise" and labels.numel() > 0:
             lowest, highest = torch.aminmax(labels)
             if not bool((lowest >= 0) & (highest < self.num_classes)):
@@ -232,7 +233,7 @@ class PrototypeMemoryBank(nn.Module):
             )
         if not features.is_floating_point():
             raise TypeError(f"features must be floating point, got {features.dtype}")
-        _check_label_form(labels)
+        check_label_form(labels)
         if labels.shape[0] != features.shape[0]:
             raise ValueError(
                 "features and labels must have the same batch size, got "
@@ -346,7 +347,7 @@ class PrototypeMemoryBank(nn.Module):
         # (or, with labels >= num_classes, make resync() index out of bounds). Every incoming
         # entry is checked first; on any problem nothing of this module is copied and the
         # messages go to error_msgs, from which load_state_dict raises its RuntimeError.
-        problems = self._state_problems(state_dict, prefix)
+        problems = state_problems(state_dict, prefix, self.size, self.dim, self.num_classes)
         if problems:
             error_msgs.extend(problems)
             return
@@ -355,65 +356,9 @@ class PrototypeMemoryBank(nn.Module):
         )
         self.resync()  # the running sums are derived state, not saved
 
-    def _state_problems(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
-        """Why the incoming entries of this module cannot be loaded (empty when they can)."""
-        problems: list[str] = []
-
-        def bad(name: str, allowed: str, got: object) -> None:
-            problems.append(f"{prefix}{name} must be {allowed}, got {got}")
-
-        size, classes = self.size, self.num_classes
-        feats = state_dict.get(prefix + "features")
-        if feats is not None:
-            if not isinstance(feats, Tensor) or feats.shape != (size, self.dim):
-                bad("features", f"a tensor of shape ({size}, {self.dim})", _describe(feats))
-            elif not feats.is_floating_point():
-                bad("features", "floating point", feats.dtype)
-            elif not bool(torch.isfinite(feats).all()):
-                bad("features", "finite", "NaN or inf")
-        labels = state_dict.get(prefix + "labels")
-        if labels is not None:
-            if not isinstance(labels, Tensor) or labels.shape != (size,):
-                bad("labels", f"a tensor of shape ({size},)", _describe(labels))
-            elif not _is_integer(labels):
-                bad("labels", "an integer tensor", labels.dtype)
-            elif not bool(((labels >= -1) & (labels < classes)).all()):
-                outside = labels[(labels < -1) | (labels >= classes)].unique()[:8].tolist()
-                bad("labels", f"in [-1, {classes}) (-1: empty slot)", f"values {outside}")
-        for name, high in (("ptr", size), ("num_skipped_updates", None)):
-            value = state_dict.get(prefix + name)
-            allowed = f"a 0-d integer tensor in [0, {high})" if high else "a 0-d integer >= 0"
-            if value is None:
-                continue
-            if not isinstance(value, Tensor) or value.ndim != 0 or not _is_integer(value):
-                bad(name, allowed, _describe(value))
-            elif int(value) < 0 or (high is not None and int(value) >= high):
-                bad(name, allowed, int(value))
-        return problems
-
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, num_classes={self.num_classes}, "
             f"init={self.init!r}, on_invalid={self.on_invalid!r}, "
             f"equal_batches={self.equal_batches}"
         )
-
-
-def _is_integer(tensor: Tensor) -> bool:
-    return not (tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex())
-
-
-def _check_label_form(labels: Tensor) -> None:
-    """Type, rank and dtype of a labels argument: checks that never read the device."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
-    if labels.ndim != 1:
-        raise ValueError(f"labels must have shape (b,), got {tuple(labels.shape)}")
-    if not _is_integer(labels):
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from numbers import Integral, Real
 from typing import Any, Final
 
 import torch
@@ -16,6 +15,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
+from protohead import _transform_checks as check
 from protohead.collate_checks import check_batch, label_tensor, sample_pair
 
 __all__ = [
@@ -38,53 +38,6 @@ _INTERPOLATIONS: Final = (
 )
 _SOLARIZE_THRESHOLD: Final = 128
 _ImageLike = Image.Image | torch.Tensor
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {out}")
-    return out
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _prob(name: str, value: object) -> float:
-    p = _real(name, value)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-    return p
-
-
-def _reals(name: str, value: object, length: int) -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a sequence of {length} numbers, got {value!r}")
-    if len(value) != length:
-        raise ValueError(f"{name} must have length {length}, got {len(value)} in {value!r}")
-    return tuple(_real(f"{name}[{i}]", v) for i, v in enumerate(value))
-
-
-def _interval(name: str, value: object, upper: float | None) -> tuple[float, float]:
-    lo, hi = _reals(name, value, 2)
-    if not (0.0 < lo <= hi and (upper is None or hi <= upper)):
-        allowed = "0 < lo <= hi" + ("" if upper is None else f" <= {upper}")
-        raise ValueError(f"{name} must be a (lo, hi) pair with {allowed}, got ({lo}, {hi})")
-    return lo, hi
-
-
-def _mean_std(mean: object, std: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    m, s = _reals("mean", mean, 3), _reals("std", std, 3)
-    if min(s) <= 0.0:
-        raise ValueError(f"std must be > 0 per channel, got {s}")
-    return m, s
 
 
 def _interpolation(value: object) -> InterpolationMode:
@@ -242,28 +195,28 @@ class MultiCropTransform:
         interpolation: InterpolationMode = InterpolationMode.BICUBIC,
     ) -> None:
         # An exception here discards the half-built object, so nobody can observe it.
-        self.num_global_crops = _int("num_global_crops", num_global_crops, 1)
-        self.num_local_crops = _int("num_local_crops", num_local_crops, 0)
-        self.global_crop_size = _int("global_crop_size", global_crop_size, 1)
-        self.local_crop_size = _int("local_crop_size", local_crop_size, 1)
-        self.global_crop_scale = _interval("global_crop_scale", global_crop_scale, 1.0)
-        self.local_crop_scale = _interval("local_crop_scale", local_crop_scale, 1.0)
-        self.ratio = _interval("ratio", ratio, None)
-        self.mean, self.std = _mean_std(mean, std)
-        self.flip_p = _prob("flip_p", flip_p)
-        self.color_jitter = _reals("color_jitter", color_jitter, 4)
+        self.num_global_crops = check.integer("num_global_crops", num_global_crops, 1)
+        self.num_local_crops = check.integer("num_local_crops", num_local_crops, 0)
+        self.global_crop_size = check.integer("global_crop_size", global_crop_size, 1)
+        self.local_crop_size = check.integer("local_crop_size", local_crop_size, 1)
+        self.global_crop_scale = check.interval("global_crop_scale", global_crop_scale, 1.0)
+        self.local_crop_scale = check.interval("local_crop_scale", local_crop_scale, 1.0)
+        self.ratio = check.interval("ratio", ratio, None)
+        self.mean, self.std = check.mean_std(mean, std)
+        self.flip_p = check.probability("flip_p", flip_p)
+        self.color_jitter = check.reals("color_jitter", color_jitter, 4)
         if min(self.color_jitter[:3]) < 0.0 or not 0.0 <= self.color_jitter[3] <= 0.5:
             raise ValueError(
                 "color_jitter must be (brightness, contrast, saturation, hue) with the first "
                 f"three >= 0 and hue in [0, 0.5], got {self.color_jitter}"
             )
-        self.color_jitter_p = _prob("color_jitter_p", color_jitter_p)
-        self.grayscale_p = _prob("grayscale_p", grayscale_p)
-        self.global_blur_p = _prob("global_blur_p", global_blur_p)
-        self.local_blur_p = _prob("local_blur_p", local_blur_p)
-        self.blur_sigma = _interval("blur_sigma", blur_sigma, None)
-        self.global_solarize_p = _prob("global_solarize_p", global_solarize_p)
-        self.local_solarize_p = _prob("local_solarize_p", local_solarize_p)
+        self.color_jitter_p = check.probability("color_jitter_p", color_jitter_p)
+        self.grayscale_p = check.probability("grayscale_p", grayscale_p)
+        self.global_blur_p = check.probability("global_blur_p", global_blur_p)
+        self.local_blur_p = check.probability("local_blur_p", local_blur_p)
+        self.blur_sigma = check.interval("blur_sigma", blur_sigma, None)
+        self.global_solarize_p = check.probability("global_solarize_p", global_solarize_p)
+        self.local_solarize_p = check.probability("local_solarize_p", local_solarize_p)
         self.interpolation = _interpolation(interpolation)
         self._global = self._pipeline("global")
         self._local = self._pipeline("local")
@@ -418,10 +371,10 @@ def eval_transform(
         >>> t(torch.zeros(1, 30, 40, dtype=torch.uint8)).shape
         torch.Size([3, 28, 28])
     """
-    crop = _int("crop_size", crop_size, 1)
+    crop = check.integer("crop_size", crop_size, 1)
     resize = round(crop * 256 / 224) if resize_size is None else resize_size
-    resize = _int("resize_size", resize, crop)
-    m, s = _mean_std(mean, std)
+    resize = check.integer("resize_size", resize, crop)
+    m, s = check.mean_std(mean, std)
     mode = _interpolation(interpolation)
     steps = [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
     steps += _to_float(m, s)

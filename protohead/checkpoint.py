@@ -73,6 +73,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
     Entries that are absent are left alone; CUDA states are restored only when the number of
     visible devices matches (a run resumed on other hardware keeps its fresh CUDA states).
+    State tensors may sit on any device, e.g. in a checkpoint loaded with
+    ``map_location="cuda"``: they are copied to the CPU, where the generators keep them.
 
     Raises:
         TypeError: If ``state`` is not a mapping.
@@ -89,6 +91,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         raise TypeError(f"state must be a mapping from get_rng_state(), got {type(state).__name__}")
     # Every part is checked (on scratch generators where possible) before any is restored, so
     # a bad entry can never leave some streams restored and others not.
+    state = {key: _on_cpu(key, value) for key, value in state.items()}
     py = state.get("python")
     if py is not None:
         try:
@@ -102,10 +105,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         expected = torch.get_rng_state().shape
         if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8):
             raise ValueError(f"state['torch'] must be a uint8 tensor, got {_describe(cpu)}")
-        if cpu.shape != expected or cpu.device.type != "cpu":
+        if cpu.shape != expected:
             raise ValueError(
-                f"state['torch'] must be a CPU uint8 tensor of shape {tuple(expected)} "
-                f"(torch.get_rng_state()), got shape {tuple(cpu.shape)} on {cpu.device}"
+                f"state['torch'] must be a uint8 tensor of shape {tuple(expected)} "
+                f"(torch.get_rng_state()), got shape {tuple(cpu.shape)}"
             )
     np = _numpy()
     nps = state.get("numpy")
@@ -130,6 +133,21 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         np.random.set_state(np_state)
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _on_cpu(key: str, value: Any) -> Any:
+    """``value`` with every tensor in it (also in lists and dicts) copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu":
+            return value
+        if value.device.type == "meta":
+            raise ValueError(f"state[{key!r}] holds a tensor on the meta device, which has no data")
+        return value.cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(key, v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _on_cpu(key, v) for k, v in value.items()}
+    return value
 
 
 def _numpy_state(nps: Any, np: Any | None) -> tuple[Any, ...] | None:

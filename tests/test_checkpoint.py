@@ -196,7 +196,11 @@ def _with_numpy(**changes: object) -> dict:
         (lambda: _with_numpy(kind="PCG64"), r"state\['numpy'\] must be a state"),
         (
             lambda: {**get_rng_state(), "torch": torch.zeros(10, dtype=torch.uint8)},
-            r"state\['torch'\] must be a CPU uint8 tensor of shape \(\d+,\)",
+            r"state\['torch'\] must be a uint8 tensor of shape \(\d+,\)",
+        ),
+        (
+            lambda: {**get_rng_state(), "torch": torch.empty(9, dtype=torch.uint8, device="meta")},
+            r"state\['torch'\] holds a tensor on the meta device",
         ),
         (
             lambda: {**get_rng_state(), "cuda": [torch.zeros(16)]},

@@ -104,3 +104,15 @@ def test_fused_gpu_multicrop_matches_eager_and_never_syncs():
         fused(images, generator=torch.Generator("cuda").manual_seed(1))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_rng_state_loaded_onto_the_gpu_restores(tmp_path):
+    # A resumed GPU run loads its checkpoint with map_location="cuda", RNG states included.
+    from protohead.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+
+    save_checkpoint({"rng": get_rng_state()}, tmp_path / "c.pth")
+    first = torch.rand(3)
+    loaded = load_checkpoint(tmp_path / "c.pth", map_location="cuda")
+    assert loaded["rng"]["torch"].is_cuda
+    set_rng_state(loaded["rng"])
+    assert torch.equal(first, torch.rand(3))

@@ -353,6 +353,13 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
         warmup_steps=min(round(args.warmup_epochs * steps), args.epochs * steps),
         final_lr=min(args.final_lr, base_lr),
     )
+    if args.warmup_epochs >= args.epochs:
+        logger.warning(
+            "--warmup-epochs %g covers the whole run of %d epochs: the learning rate never "
+            "reaches its peak nor decays; lower --warmup-epochs for short runs",
+            args.warmup_epochs,
+            args.epochs,
+        )
     autocast_dtype = _autocast_dtype(args, device)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     gpu_aug = build_gpu_aug(args, multicrop, device, autocast_dtype)

@@ -97,9 +97,12 @@ def resume_run(
     if path is None:
         return 0
     ckpt = load_checkpoint(path, map_location=info.device)
+    try:  # first: it checks that this run continues the checkpoint's schedule
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except ValueError as err:
+        raise SystemExit(f"cannot resume from {path}: {err}") from err
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
     start_epoch = int(ckpt["epoch"])

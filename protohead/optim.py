@@ -139,8 +139,9 @@ class WarmupCosineLR:
 
     Call :meth:`step` once per iteration *before* ``optimizer.step()``: it writes
     ``lr_at(n)`` into every parameter group (``n`` = number of earlier calls) and returns it.
-    The iteration counter is the only state, saved by :meth:`state_dict`, so a resumed run
-    continues the schedule exactly.
+    :meth:`state_dict` saves the iteration counter with the schedule it counts in, so a resumed
+    run continues the schedule exactly, and a resume into another schedule (other batch size,
+    number of processes, epochs or rate) fails instead of silently bending the curve.
 
     Args:
         optimizer: The optimiser whose groups receive the rate (not otherwise touched).
@@ -156,8 +157,8 @@ class WarmupCosineLR:
     Example:
         >>> opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=123.0)
         >>> sched = WarmupCosineLR(opt, base_lr=1.0, total_steps=4, warmup_steps=2)
-        >>> [round(sched.step(), 3) for _ in range(4)], sched.state_dict()
-        ([0.0, 0.5, 1.0, 0.5], {'num_steps': 4})
+        >>> [round(sched.step(), 3) for _ in range(4)], sched.state_dict()["num_steps"]
+        ([0.0, 0.5, 1.0, 0.5], 4)
     """
 
     def __init__(
@@ -206,17 +207,39 @@ class WarmupCosineLR:
         self.num_steps += 1
         return lr
 
-    def state_dict(self) -> dict[str, int]:
-        """The iteration counter."""
-        return {"num_steps": self.num_steps}
+    def _schedule(self) -> dict[str, float | int]:
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "final_lr": self.final_lr,
+        }
+
+    def state_dict(self) -> dict[str, float | int]:
+        """The iteration counter and the schedule it counts in."""
+        return {"num_steps": self.num_steps, **self._schedule()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the iteration counter.
 
+        The schedule saved with it (absent in states from older versions) must equal this
+        one: continuing a count in another schedule would jump the rate mid-run.
+
         Raises:
-            ValueError: If ``state`` has no non-negative int ``"num_steps"``.
+            ValueError: If ``state`` has no non-negative int ``"num_steps"``, or its schedule
+                differs from this one; nothing is changed then.
         """
         value = state.get("num_steps") if isinstance(state, Mapping) else None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"state must hold an int 'num_steps' >= 0, got {state!r}")
+        mine = self._schedule()
+        saved = {key: state[key] for key in mine if key in state}
+        differ = {key: (saved[key], mine[key]) for key in saved if saved[key] != mine[key]}
+        if differ:
+            detail = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in differ.items())
+            raise ValueError(
+                f"state was saved under another schedule ({detail}); resume with the same "
+                "global batch size, number of processes, epochs and learning rate, or start "
+                "a new run"
+            )
         self.num_steps = value

@@ -133,3 +133,16 @@ def test_scheduler_rejects_bad_arguments_and_state():
     with pytest.raises(ValueError, match="state must hold an int 'num_steps' >= 0"):
         sched.load_state_dict({"num_steps": -2})
     assert sched.num_steps == 0
+
+
+def test_scheduler_refuses_to_continue_another_schedule():
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    saved = WarmupCosineLR(opt, base_lr=0.2, total_steps=24, warmup_steps=6)
+    saved.step()
+    # Same run on half the processes: twice the steps at half the rate.
+    other = WarmupCosineLR(opt, base_lr=0.1, total_steps=48, warmup_steps=12)
+    with pytest.raises(ValueError, match=r"base_lr 0.2 -> 0.1, total_steps 24 -> 48"):
+        other.load_state_dict(saved.state_dict())
+    assert other.num_steps == 0
+    other.load_state_dict({"num_steps": 3})  # states of older versions hold the count only
+    assert other.num_steps == 3

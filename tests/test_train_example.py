@@ -129,6 +129,22 @@ def test_metrics_log_is_replaced_atomically_and_truncated_on_resume(tmp_path, mo
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
 
 
+def test_resume_into_another_schedule_stops_cleanly(tmp_path, capsys):
+    extra = ("--epochs", "2", "--warmup-epochs", "1")
+    train_trex.main(_args(tmp_path, *extra, "--max-steps-per-epoch", "1"))
+    assert "never reaches its peak" not in capsys.readouterr().out
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+    # Half the batch: other steps per epoch and rate, so the saved step count means nothing.
+    with pytest.raises(SystemExit, match=r"cannot resume from .*another schedule"):
+        train_trex.main(_args(tmp_path, *extra, "--batch-size", "2", "--max-steps-per-epoch", "3"))
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+
+
+def test_warmup_longer_than_the_run_is_reported(tmp_path, capsys):
+    train_trex.main(_args(tmp_path, "--warmup-epochs", "10"))
+    assert "--warmup-epochs 10 covers the whole run of 1 epochs" in capsys.readouterr().out
+
+
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     extra = ("--epochs", "2", "--warmup-epochs", "1")
     train_trex.main(_args(tmp_path / "straight", *extra))

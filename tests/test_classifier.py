@@ -99,12 +99,20 @@ def test_forward_compiles_fullgraph(memory):
     torch.testing.assert_close(compiled(x), clf(x))
 
 
-def test_autocast_bf16():
-    bank = PrototypeMemoryBank(4, 8, 3)
-    clf = PrototypeClassifier(4, 3, memory=bank)
+@pytest.mark.parametrize("memory", [False, True])
+def test_autocast_bf16_gives_bf16_logits_close_to_fp32(memory):
+    gen = torch.Generator().manual_seed(0)
+    bank = PrototypeMemoryBank(16, 32, 5, generator=gen) if memory else None
+    clf = PrototypeClassifier(16, 5, temperature=0.1, memory=bank)
+    z = torch.randn(8, 16, generator=gen) * 3
+    reference = clf(z)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = clf(torch.randn(2, 4))
-    assert torch.isfinite(logits).all()
+        logits = clf(z)
+    assert reference.dtype == torch.float32
+    assert logits.dtype == torch.bfloat16  # the matmul runs in bf16 under autocast
+    # Logits lie in [-10, 10]; bf16 keeps 8 significant bits (relative step 2**-8), and the
+    # rounded inputs of the 16-term dot product add a few such errors: 0.1 is ~1% of 1/tau.
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.02)
 
 
 @pytest.mark.parametrize(

@@ -27,16 +27,24 @@ def _init(rank: int, init_file: str) -> None:
     )
 
 
+def _memory_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The 6 (features, labels) batches that ``rank`` feeds its memory in _memory_worker."""
+    gen = torch.Generator().manual_seed(100 + rank)  # ranks see different data
+    batches = []
+    for step in range(6):
+        batch = 1 + rank * 3 + step  # different batch sizes per rank and per step
+        batches.append(
+            (torch.randn(batch, 5, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
+        )
+    return batches
+
+
 def _memory_worker(rank: int, init_file: str, out_dir: str) -> None:
     _init(rank, init_file)
     try:
-        gen = torch.Generator().manual_seed(100 + rank)  # ranks see different data
         bank = PrototypeMemoryBank(5, 16, 4, init="empty")
-        for step in range(6):
-            batch = 1 + rank * 3 + step  # different batch sizes per rank and per step
-            bank.update(
-                torch.randn(batch, 5, generator=gen), torch.randint(0, 4, (batch,), generator=gen)
-            )
+        for features, labels in _memory_batches(rank):
+            bank.update(features, labels)
         bank.update(
             torch.randn(0, 5), torch.zeros(0, dtype=torch.long)
         )  # an empty rank-local batch
@@ -124,6 +132,14 @@ def test_memory_identical_across_ranks_with_different_batch_sizes(tmp_path):
     assert torch.equal(r0["protos"], r1["protos"])
     # 6 steps of (1+s) + (4+s) rows = 60 rows went through a 16-slot memory.
     assert int(r0["state"]["ptr"]) == 60 % 16
+    # One process fed each step's rows of rank 0, then rank 1, holds the same memory.
+    single = PrototypeMemoryBank(5, 16, 4, init="empty")
+    for (f0, l0), (f1, l1) in zip(_memory_batches(0), _memory_batches(1), strict=True):
+        single.update(torch.cat([f0, f1]), torch.cat([l0, l1]))
+    for key, value in single.state_dict().items():
+        assert torch.equal(r0["state"][key], value), key
+    torch.testing.assert_close(r0["protos"], single.prototypes(), atol=1e-6, rtol=0)
+    assert int(single.num_filled) == 16
     assert r0["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     assert torch.equal(r0["gathered"], r1["gathered"])
     for r in (r0, r1):  # one count exchange for both tensors, rows stay paired

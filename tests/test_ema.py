@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -99,6 +100,33 @@ def test_cosine_schedule_endpoints_and_monotone():
     assert values[10] == pytest.approx(1.0)
     assert values[11] == pytest.approx(1.0)
     assert all(a <= b for a, b in itertools.pairwise(values))
+
+
+def test_update_uses_the_momentum_the_schedule_returns():
+    student = make_student()
+    # The constant momentum (0.999) must be ignored in favour of the schedule's value.
+    teacher = EMATeacher(student, momentum_schedule=lambda step: 0.25 + 0.5 * step)
+    perturb(student, 4)
+    for m in (0.25, 0.75):  # step 0, then step 1
+        assert teacher.current_momentum() == m
+        start = [p.clone() for p in teacher.module.parameters()]
+        teacher.update(student)
+        for t, t0, s in zip(teacher.module.parameters(), start, student.parameters(), strict=True):
+            torch.testing.assert_close(t, m * t0 + (1 - m) * s)
+    assert teacher.num_updates == 2
+
+
+def test_cosine_schedule_follows_the_closed_form_not_a_straight_line():
+    base, final, total = 0.9, 1.0, 10
+    sched = cosine_momentum_schedule(base, final, total_steps=total)
+    for k in range(1, total):
+        expected = final - (final - base) * (math.cos(math.pi * k / total) + 1) / 2
+        assert sched(k) == pytest.approx(expected, abs=1e-12)
+    # Slow start and slow end: below the straight line in the first half, above it after.
+    line = [base + (final - base) * k / total for k in range(total + 1)]
+    assert sched(2) < line[2] - 0.005 and sched(8) > line[8] + 0.005
+    assert sched(5) == pytest.approx(line[5], abs=1e-12)  # the midpoint is shared
+    assert sched(-3) == pytest.approx(base)  # clamped before the start
 
 
 def test_state_dict_round_trip():

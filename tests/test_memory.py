@@ -19,6 +19,15 @@ def reference_prototypes(features: torch.Tensor, labels: torch.Tensor, num_class
     return protos.float()
 
 
+def reference_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    """Per-class feature sums in float64, recomputed from scratch."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    return sums.index_add_(0, labels, features.double())
+
+
+# "raise" writes with slice copies (_write_checked), "skip" with the device-gated scatter
+# (_write_gated, the GPU default): both must hold exactly the same content.
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
 @settings(max_examples=60, deadline=None)
 @given(
     size=st.integers(1, 12),
@@ -27,10 +36,14 @@ def reference_prototypes(features: torch.Tensor, labels: torch.Tensor, num_class
     init=st.sampled_from(["empty", "random"]),
     seed=st.integers(0, 2**16),
 )
-def test_memory_holds_newest_pairs_and_exact_prototypes(size, num_classes, batch_sizes, init, seed):
+def test_memory_holds_newest_pairs_and_exact_prototypes(
+    on_invalid, size, num_classes, batch_sizes, init, seed
+):
     gen = torch.Generator().manual_seed(seed)
     dim = 3
-    bank = PrototypeMemoryBank(dim, size, num_classes, init=init, generator=gen)
+    bank = PrototypeMemoryBank(
+        dim, size, num_classes, init=init, on_invalid=on_invalid, generator=gen
+    )
     init_feats, init_labels = bank.entries()
     history_f, history_l = [init_feats], [init_labels]
     for b in batch_sizes:
@@ -46,6 +59,17 @@ def test_memory_holds_newest_pairs_and_exact_prototypes(size, num_classes, batch
     torch.testing.assert_close(got_f, expect_f)
     assert torch.equal(got_l, expect_l)
     assert torch.equal(bank.class_counts, torch.bincount(expect_l, minlength=num_classes))
+    assert int(bank.num_filled) == expect_l.numel()
+    assert int(bank.num_skipped_updates) == 0
+    # An update writes at most `size` rows (the newest), so the pointer advances by that much.
+    written = sum(min(b, size) for b in batch_sizes)
+    assert int(bank.ptr) == written % size
+    torch.testing.assert_close(
+        bank._class_sums[:num_classes],
+        reference_sums(expect_f, expect_l, num_classes),
+        atol=1e-9,
+        rtol=0,
+    )
     torch.testing.assert_close(
         bank.prototypes(), reference_prototypes(expect_f, expect_l, num_classes), atol=1e-5, rtol=0
     )

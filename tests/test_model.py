@@ -242,6 +242,22 @@ def test_multicrop_cross_entropy_repeats_labels_crop_major():
         multicrop_cross_entropy(torch.randn(5, 3), labels)
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.4])
+def test_multicrop_cross_entropy_passes_label_smoothing(smoothing):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3 * 4, 6, generator=gen) * 3  # 3 crops of 4 images, crop-major
+    labels = torch.tensor([5, 0, 2, 2])
+    targets = labels.repeat(3)
+    expected = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=smoothing)
+    got = multicrop_cross_entropy(logits, labels, label_smoothing=smoothing)
+    torch.testing.assert_close(got, expected)
+    plain = torch.nn.functional.cross_entropy(logits, targets)
+    assert (got - plain).abs() > 1e-3  # the smoothing is not dropped
+    # Smoothing eps mixes in eps * the mean over classes of -log_softmax.
+    uniform = -torch.log_softmax(logits, 1).mean()
+    torch.testing.assert_close(got, (1 - smoothing) * plain + smoothing * uniform)
+
+
 def test_end_to_end_training_reduces_loss():
     """A few t-ReX steps on a tiny learnable synthetic task visibly reduce the loss."""
     torch.manual_seed(0)

@@ -140,8 +140,8 @@ class WarmupCosineLR:
     Call :meth:`step` once per iteration *before* ``optimizer.step()``: it writes
     ``lr_at(n)`` into every parameter group (``n`` = number of earlier calls) and returns it.
     :meth:`state_dict` saves the iteration counter with the schedule it counts in, so a resumed
-    run continues the schedule exactly, and a resume into another schedule (other batch size,
-    number of processes, epochs or rate) fails instead of silently bending the curve.
+    run continues the schedule exactly, and a resume under another peak rate (other global
+    batch size or base rate) fails instead of silently bending the curve.
 
     Args:
         optimizer: The optimiser whose groups receive the rate (not otherwise touched).
@@ -222,24 +222,25 @@ class WarmupCosineLR:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the iteration counter.
 
-        The schedule saved with it (absent in states from older versions) must equal this
-        one: continuing a count in another schedule would jump the rate mid-run.
+        The peak and final rates saved with it (absent in states from older versions) must
+        equal this schedule's: a different peak means another global batch size, number of
+        processes or base rate, where the saved count would land on a wrong curve. The length
+        may differ: a run extended with more epochs continues from the same step.
 
         Raises:
-            ValueError: If ``state`` has no non-negative int ``"num_steps"``, or its schedule
-                differs from this one; nothing is changed then.
+            ValueError: If ``state`` has no non-negative int ``"num_steps"``, or its peak or
+                final rate differs from this schedule's; nothing is changed then.
         """
         value = state.get("num_steps") if isinstance(state, Mapping) else None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"state must hold an int 'num_steps' >= 0, got {state!r}")
-        mine = self._schedule()
+        mine = {"base_lr": self.base_lr, "final_lr": self.final_lr}
         saved = {key: state[key] for key in mine if key in state}
         differ = {key: (saved[key], mine[key]) for key in saved if saved[key] != mine[key]}
         if differ:
             detail = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in differ.items())
             raise ValueError(
                 f"state was saved under another schedule ({detail}); resume with the same "
-                "global batch size, number of processes, epochs and learning rate, or start "
-                "a new run"
+                "global batch size (batch size x processes) and learning rate, or start a new run"
             )
         self.num_steps = value

@@ -14,14 +14,15 @@ import torch
 def fake_fashion_mnist(tmp_path: Path) -> Path:
     """A directory with a small Fashion-MNIST in the real IDX format (gzipped).
 
-    200 train and 200 test images of 28 x 28 px whose brightness encodes the class, labels
-    ``i % 10``, so every class has 20 images per split.
+    200 train and 200 test images of 28 x 28 px whose brightness encodes the class. The labels
+    are a seeded shuffle of ``i % 10``: every class has 20 images per split, in no periodic
+    order, so an image paired with the wrong index (or label) shows.
     """
     root = tmp_path / "fashion-mnist"
     root.mkdir()
     g = torch.Generator().manual_seed(0)
     for prefix, n in (("train", 200), ("t10k", 200)):
-        labels = torch.arange(n) % 10
+        labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
         images = (torch.rand(n, 28, 28, generator=g) * 60 + labels[:, None, None] * 19).byte()
         for stem, array in ((f"{prefix}-images-idx3-ubyte", images),
                             (f"{prefix}-labels-idx1-ubyte", labels.byte())):  # fmt: skip

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from protohead.evaluation import cli, fashion_mnist
+from protohead.evaluation import cli, fashion_mnist, plot
 from protohead.evaluation.cli import main
 from protohead.evaluation.datasets import TransferDataset
+from protohead.evaluation.metrics import log_odds
+from protohead.evaluation.report import DatasetResult, TransferReport, read_json, write_json
+from protohead.evaluation.search import SearchConfig, linear_probe
 from protohead.model import TReX
 
 FAST = ["--resize", "32", "--crop", "32", "--seeds", "0", "1", "--grid-points", "5",
@@ -49,9 +53,26 @@ def test_fakedata_end_to_end_then_cache_hit(
     (entry,) = report["datasets"]
     assert entry["name"] == "fake" and entry["status"] == "ok"
     assert (entry["num_trainval"], entry["num_test"], entry["num_classes"]) == (40, 20, 4)
-    assert entry["seeds"] == [0, 1] and 0.0 <= entry["accuracy"] <= 1.0
-    assert report["summary"]["complete"] is True
+    assert entry["seeds"] == [0, 1] and report["summary"]["complete"] is True
     assert len(list(cache.glob("*.pt"))) == 2
+    # FakeData has random labels, so no accuracy level can be asserted; instead the reported
+    # values must be the probe's own on the cached features with the stated settings.
+    (trainval,) = [torch.load(f, weights_only=True) for f in cache.glob("fake-trainval-*.pt")]
+    (test,) = [torch.load(f, weights_only=True) for f in cache.glob("fake-test-*.pt")]
+    assert trainval["features"].shape == (40, 512) and test["features"].shape == (20, 512)
+    fake_test = torchvision.datasets.FakeData(20, (3, 16, 16), 4, random_offset=10**6)
+    assert test["labels"].tolist() == [fake_test[i][1] for i in range(20)]
+    search = report["settings"]["search"]
+    assert search["dtype"] == "torch.float32" and search["val_per_class"] == {}
+    config = SearchConfig(**{k: search[k] for k in ("c_min", "c_max", "grid_points",
+                             "refine_steps", "val_fraction", "max_iter", "tol")})  # fmt: skip
+    probe = linear_probe(trainval["features"], trainval["labels"], test["features"],
+                         test["labels"], seeds=(0, 1), config=config, num_classes=4)  # fmt: skip
+    assert entry["seed_accuracies"] == [s.test_accuracy for s in probe.seeds]
+    assert entry["val_accuracies"] == [s.val_accuracy for s in probe.seeds]
+    assert entry["best_c"] == [s.best_c for s in probe.seeds]
+    assert entry["accuracy"] == pytest.approx(statistics.mean(entry["seed_accuracies"]))
+    assert entry["log_odds"] == pytest.approx(log_odds(entry["accuracy"]))
 
     with caplog.at_level(logging.INFO, logger="protohead.evaluation"):
         assert main([*argv, "-q"]) == 0
@@ -112,8 +133,51 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "missing.pth"), *FAKE])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_plot_subcommand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok = DatasetResult("a", accuracy=0.5, log_odds=0.0)
+    with_top1 = write_json(TransferReport("m", (ok,), train_top1=0.7), tmp_path / "m.json")
+    without = write_json(TransferReport("n", (ok,)), tmp_path / "n.json")
+    (tmp_path / "other.json").write_text('{"format": "x"}')
+    out = str(tmp_path / "f.png")
+    prefix = "python -m protohead.evaluation plot: error: "
+    cases = [
+        ([str(tmp_path / "missing.json"), "--out", out],
+         re.escape(f"{prefix}[Errno 2] No such file or directory: '{tmp_path / 'missing.json'}'")),
+        ([str(with_top1), str(without), "--out", out],
+         re.escape(prefix) + "every report needs train_top1 .* model 'n' with train_top1=None"),
+        ([str(tmp_path / "other.json"), "--out", out],
+         re.escape(f"{prefix}{tmp_path / 'other.json'}: data must be a "
+                   "'protohead.transfer-report/1' report, got format 'x'")),
+        ([str(with_top1)], re.escape(prefix) + "the following arguments are required: --out"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["plot", *argv])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err), argv
+    assert not (tmp_path / "f.png").exists()
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(SystemExit):
-        main(["plot", str(tmp_path / "missing.json"), "--out", str(tmp_path / "f.png")])
+        main(["plot", str(with_top1), "--out", out])
+    assert prefix + "plot_transfer needs the optional dependency matplotlib" in (
+        capsys.readouterr().err
+    )
+
+    seen: list[tuple[list[TransferReport], str, str | None]] = []
+
+    def fake_plot(reports: list[TransferReport], path: str, *, title: str | None) -> Path:
+        seen.append((reports, path, title))
+        return Path(path)
+
+    monkeypatch.setattr(plot, "plot_transfer", fake_plot)
+    assert main(["plot", str(with_top1), str(with_top1), "--out", out, "--title", "T"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert seen == [([read_json(with_top1)] * 2, out, "T")]
 
 
 def image_folder(root: Path, names: list[str], *, corrupt: str | None = None) -> list[str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from protohead.evaluation import fashion_mnist
 from protohead.evaluation.errors import DatasetUnavailableError
@@ -60,8 +62,46 @@ def test_class_subset_is_relabelled_in_given_order(fake_root: Path) -> None:
     assert capped.labels.tolist() == [1, 0]  # first 5 (index 1) and first 6 (index 2)
     image, label = capped[0]
     assert image.mode == "RGB" and image.size == (28, 28) and label == 1
+    images = written(fake_root, "train-images-idx3-ubyte")
+    assert torch.equal(train.images, images[[1, 2, 3, 6, 7]])
+    assert torch.equal(rgb_pixels(image), images[1].expand(3, 28, 28))
+    assert torch.equal(rgb_pixels(capped[1][0]), images[2].expand(3, 28, 28))
     test = FashionMNIST(fake_root, train=False, transform=lambda im: im.size)
     assert len(test) == 6 and test[0] == ((28, 28), 5)
+
+
+def rgb_pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def written(root: Path, stem: str) -> torch.Tensor:
+    """An IDX array as the fixture wrote it, decoded here rather than by ``read_idx``."""
+    data = gzip.decompress((root / f"{stem}.gz").read_bytes())
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
+
+
+@pytest.mark.parametrize("max_per_class", [None, 3])
+def test_class_subset_returns_the_written_pixels(
+    fake_fashion_mnist: Path, max_per_class: int | None
+) -> None:
+    images = written(fake_fashion_mnist, "t10k-images-idx3-ubyte")
+    labels = written(fake_fashion_mnist, "t10k-labels-idx1-ubyte").long()
+    keep = (7, 2, 9)
+    expected: list[tuple[int, int]] = []  # (file index, new label), in file order
+    taken = dict.fromkeys(keep, 0)
+    for i, original in enumerate(labels.tolist()):
+        if original in taken and (max_per_class is None or taken[original] < max_per_class):
+            taken[original] += 1
+            expected.append((i, keep.index(original)))
+    ds = FashionMNIST(fake_fashion_mnist, train=False, classes=keep, max_per_class=max_per_class)
+    assert len(ds) == len(expected) == 3 * (max_per_class or 20)
+    assert ds.labels.tolist() == [label for _, label in expected]
+    for position, (i, label) in enumerate(expected):
+        image, got = ds[position]
+        assert got == label
+        assert torch.equal(rgb_pixels(image), images[i].expand(3, 28, 28)), position
 
 
 def test_missing_files_say_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,11 @@ import pytest
 import torch
 import torchvision
 
-from protohead.evaluation.loading import load_backbone, load_checkpoint_backbone
+from protohead.evaluation.loading import (
+    checkpoint_task_top1,
+    load_backbone,
+    load_checkpoint_backbone,
+)
 from protohead.model import TReX
 
 
@@ -129,3 +133,41 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({"model": state, "args": {"arch": "resnet18", "small_input_stem": "yes"}}, path)
     with pytest.raises(ValueError, match="'small_input_stem' must be a bool, got 'yes'"):
         load_checkpoint_backbone(path)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "expected"),
+    [
+        # metrics["val_top1"] (percent) wins over args["train_top1"] (fraction)
+        ({"metrics": {"val_top1": 91.5}, "args": {"train_top1": 0.3}}, 0.915),
+        ({"metrics": {"val_top1": 90}, "args": {}}, 0.9),  # an int percent
+        # fallback to args["train_top1"], a dict or an argparse.Namespace
+        ({"metrics": {"loss": 1.2}, "args": {"train_top1": 0.8}}, 0.8),
+        ({"args": argparse.Namespace(arch="resnet18", train_top1=0.7)}, 0.7),
+        ({"metrics": None, "args": {"train_top1": 1}}, 1.0),
+        # a non-numeric val_top1 falls back, a non-numeric train_top1 gives None
+        ({"metrics": {"val_top1": "n/a"}, "args": {"train_top1": 0.6}}, 0.6),
+        ({"metrics": {"val_top1": None}, "args": argparse.Namespace(train_top1=0.5)}, 0.5),
+        ({"metrics": [91.5], "args": {"train_top1": 0.4}}, 0.4),
+        ({"metrics": {"val_top1": "n/a"}, "args": {"train_top1": "high"}}, None),
+        ({"metrics": {"val_top1": True}, "args": {"train_top1": False}}, None),  # bools are not
+        # nothing recorded
+        ({"model": {}, "args": argparse.Namespace(arch="resnet18")}, None),
+        ({"model": {}}, None),
+        ({"args": ["train_top1", 0.9]}, None),
+        ([0.9], None),
+    ],
+)
+def test_checkpoint_task_top1(tmp_path: Path, checkpoint: object, expected: float | None) -> None:
+    path = tmp_path / "c.pth"
+    torch.save(checkpoint, path)
+    top1 = checkpoint_task_top1(path)
+    if expected is None:
+        assert top1 is None
+    else:
+        assert isinstance(top1, float) and top1 == pytest.approx(expected)
+
+
+def test_checkpoint_task_top1_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint_task_top1(tmp_path / "missing.pth")

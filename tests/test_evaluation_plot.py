@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,10 +14,18 @@ from protohead.evaluation.report import DatasetResult, TransferReport
 
 
 def report(name: str, top1: float | None, odds: float, missing: bool = False) -> TransferReport:
-    results = [DatasetResult("a", accuracy=0.5, log_odds=odds)]
+    """Two datasets that ran, with mean log-odds ``odds`` (mean accuracy 0.5), and one missing."""
+    results = [
+        DatasetResult("a", accuracy=0.4, log_odds=odds - 0.3),
+        DatasetResult("b", accuracy=0.6, log_odds=odds + 0.3),
+    ]
     if missing:
-        results.append(DatasetResult.missing("b", "gone"))
+        results.append(DatasetResult.missing("c", "gone"))
     return TransferReport(name, tuple(results), train_top1=top1)
+
+
+REPORTS = [report("baseline", 0.78, 0.9), report("t-ReX", 0.76, 1.5, missing=True)]
+POINTS = [(78.0, 0.9, "baseline"), (76.0, 1.5, "t-ReX (2/3)")]  # x in %, y mean log-odds
 
 
 def test_plot_needs_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,11 +41,83 @@ def test_plot_validates_reports(tmp_path: Path) -> None:
         plot_transfer([], tmp_path / "f.png")
     with pytest.raises(ValueError, match="every report needs train_top1 .* model 'm'"):
         plot_transfer([report("m", None, 1.0)], tmp_path / "f.png")
+    nothing_ran = TransferReport("n", (DatasetResult.missing("a", "gone"),), train_top1=0.5)
+    with pytest.raises(ValueError, match="model 'n' with train_top1=0.5 and 0 of 1 datasets run"):
+        plot_transfer([nothing_ran], tmp_path / "f.png")
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_plot_writes_labelled_points(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    reports = [report("baseline", 0.78, 0.9), report("t-ReX", 0.76, 1.3, missing=True)]
-    path = plot_transfer(reports, tmp_path / "plots" / "transfer.png", title="demo")
+class _Recorder:
+    """Stands in for a matplotlib Figure and its Axes: records every call made to it."""
+
+    def __init__(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if name == "add_subplot":
+                return self
+            if name == "savefig":
+                args[0].write(f"fake {kwargs['format']}".encode())
+            return None
+
+        return record
+
+
+def test_plot_passes_points_labels_and_format_to_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs without matplotlib: a recording stand-in shows what would be drawn."""
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+    figure_module = types.ModuleType("matplotlib.figure")
+    figure_module.Figure = lambda **kwargs: _Recorder(calls)  # type: ignore[attr-defined]
+    agg_module = types.ModuleType("matplotlib.backends.backend_agg")
+    agg_module.FigureCanvasAgg = lambda figure: None  # type: ignore[attr-defined]
+    for name in ("matplotlib", "matplotlib.backends"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure_module)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", agg_module)
+
+    path = plot_transfer(REPORTS, tmp_path / "transfer.svg", title="demo")
+    assert path == tmp_path / "transfer.svg" and path.read_bytes() == b"fake svg"
+    drawn = [(name, args) for name, args, _ in calls if name in ("scatter", "annotate")]
+    expected: list[tuple[str, tuple[Any, ...]]] = []
+    for x, y, label in POINTS:
+        xy = (pytest.approx(x), pytest.approx(y))
+        expected += [("scatter", ([xy[0]], [xy[1]])), ("annotate", (label, xy))]
+    assert drawn == expected
+    named = {name: args for name, args, _ in calls}
+    assert named["set_xlabel"] == ("training-task top-1 (%)",)
+    assert named["set_ylabel"] == ("mean transfer log-odds",)
+    assert named["set_title"] == ("demo",)
+    calls.clear()
+    plot_transfer(REPORTS[:1], tmp_path / "untitled.pdf")
+    assert "set_title" not in [name for name, _, _ in calls]
+    assert (tmp_path / "untitled.pdf").read_bytes() == b"fake pdf"
+
+
+def test_plot_writes_labelled_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figure_module = pytest.importorskip("matplotlib.figure")
+    figures: list[Any] = []
+
+    class RecordedFigure(figure_module.Figure):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(figure_module, "Figure", RecordedFigure)
+    path = plot_transfer(REPORTS, tmp_path / "plots" / "transfer.png", title="demo")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["transfer.png"]
+    (figure,) = figures
+    (axes,) = figure.axes
+    offsets = [tuple(c.get_offsets()[0]) for c in axes.collections]
+    assert offsets == [pytest.approx((x, y)) for x, y, _ in POINTS]
+    texts = [(t.get_text(), tuple(t.xy)) for t in axes.texts]
+    assert texts == [(label, pytest.approx((x, y))) for x, y, label in POINTS]
+    assert axes.get_xlabel() == "training-task top-1 (%)"
+    assert axes.get_ylabel() == "mean transfer log-odds"
+    assert axes.get_title() == "demo"
+    svg = plot_transfer(REPORTS, tmp_path / "plots" / "transfer.svg")
+    assert b"<svg" in svg.read_bytes()[:1000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from protohead.evaluation.report import (
     read_json,
     write_json,
 )
-from protohead.evaluation.search import SearchConfig, linear_probe
+from protohead.evaluation.search import ProbeResult, SearchConfig, SeedResult, linear_probe
 
 
 def sample_report() -> TransferReport:
@@ -77,15 +78,59 @@ def test_json_round_trip_and_atomic(tmp_path: Path) -> None:
         read_json(tmp_path / "other.json")
 
 
+def assert_matches_probe(result: DatasetResult, probe: ProbeResult) -> None:
+    assert result.ran and not result.failed and result.status == "ok"
+    assert (result.accuracy, result.accuracy_std, result.log_odds) == (
+        probe.accuracy,
+        probe.accuracy_std,
+        probe.log_odds,
+    )
+    assert result.seeds == tuple(s.seed for s in probe.seeds)
+    assert result.seed_accuracies == tuple(s.test_accuracy for s in probe.seeds)
+    assert result.val_accuracies == tuple(s.val_accuracy for s in probe.seeds)
+    assert result.best_c == tuple(s.best_c for s in probe.seeds)
+    assert result.stop_reasons == tuple(s.stop_reason for s in probe.seeds)
+    assert result.converged is all(s.converged for s in probe.seeds)
+
+
 def test_from_probe_copies_per_seed_values() -> None:
-    x = torch.cat([torch.randn(20, 2) - 3, torch.randn(20, 2) + 3])
+    # Every per-seed value distinct, so a swapped field or a repeated seed cannot pass.
+    probe = ProbeResult(
+        seeds=(
+            SeedResult(7, best_c=0.5, val_accuracy=0.61, test_accuracy=0.71, trials=((0.5, 0.61),),
+                       converged=True, stop_reason="gtol"),
+            SeedResult(3, best_c=8.0, val_accuracy=0.62, test_accuracy=0.73, trials=((8.0, 0.62),),
+                       converged=False, stop_reason="max_iter"),
+        ),
+        accuracy=0.72,
+        accuracy_std=0.01,
+        log_odds=0.944,
+    )  # fmt: skip
+    result = DatasetResult.from_probe("toy", probe, num_trainval=40, num_test=30, num_classes=2)
+    assert result.name == "toy" and result.missing_reason is None
+    assert (result.num_trainval, result.num_test, result.num_classes) == (40, 30, 2)
+    assert result.seeds == (7, 3)
+    assert result.seed_accuracies == (0.71, 0.73) and result.val_accuracies == (0.61, 0.62)
+    assert result.best_c == (0.5, 8.0) and result.stop_reasons == ("gtol", "max_iter")
+    assert result.converged is False  # one seed's final fit did not converge
+    assert (result.accuracy, result.accuracy_std, result.log_odds) == (0.72, 0.01, 0.944)
+    assert_matches_probe(result, probe)
+    converged = dataclasses.replace(
+        probe, seeds=tuple(dataclasses.replace(s, converged=True) for s in probe.seeds)
+    )
+    assert DatasetResult.from_probe("toy", converged, num_trainval=40, num_test=30,
+                                    num_classes=2).converged is True  # fmt: skip
+
+
+def test_from_probe_of_a_real_linear_probe() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20, 2, generator=g) - 3, torch.randn(20, 2, generator=g) + 3])
     y = torch.arange(2).repeat_interleave(20)
     cfg = SearchConfig(c_min=0.1, c_max=10.0, grid_points=3, refine_steps=0)
     probe = linear_probe(x, y, x, y, seeds=(4, 5), config=cfg)
     result = DatasetResult.from_probe("toy", probe, num_trainval=40, num_test=40, num_classes=2)
-    assert result.ran and result.seeds == (4, 5)
-    assert result.accuracy == probe.accuracy and result.log_odds == probe.log_odds
-    assert len(result.best_c) == 2 and len(result.val_accuracies) == 2
+    assert result.seeds == (4, 5) and len(result.best_c) == 2
+    assert_matches_probe(result, probe)
 
 
 def test_failed_dataset_is_listed_apart_from_missing(tmp_path: Path) -> None:
@@ -129,3 +174,14 @@ def test_reports_without_the_new_fields_still_read(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text(json.dumps(data))
     (entry,) = read_json(tmp_path / "old.json").datasets
     assert entry.ran and entry.converged is None and entry.stop_reasons == ()
+
+
+def test_read_json_names_the_file_it_cannot_read(tmp_path):
+    for name, text, match in (
+        ("bad.json", "{not json", r"bad.json is not a JSON transfer report"),
+        ("list.json", "[1, 2]", r"list.json is not a transfer report \(a JSON list\)"),
+        ("other.json", '{"format": "x"}', r"other.json: data must be a .* report, got format 'x'"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_json(tmp_path / name)

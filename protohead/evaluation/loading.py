@@ -67,9 +67,9 @@ def checkpoint_task_top1(path: str | os.PathLike[str]) -> float | None:
         return None
     metrics, args = checkpoint.get("metrics"), checkpoint.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else args
-    if isinstance(metrics, Mapping) and isinstance(metrics.get("val_top1"), (int, float)):
+    if isinstance(metrics, Mapping) and _is_number(metrics.get("val_top1")):
         return float(metrics["val_top1"]) / 100.0
-    if isinstance(args, Mapping) and isinstance(args.get("train_top1"), (int, float)):
+    if isinstance(args, Mapping) and _is_number(args.get("train_top1")):
         return float(args["train_top1"])
     return None
 
@@ -222,3 +222,7 @@ def load_checkpoint_backbone(
     if not isinstance(small_stem, bool):
         raise ValueError(f"checkpoint args 'small_input_stem' must be a bool, got {small_stem!r}")
     return _backbone_from_state(args["arch"], backbone_state, small_stem), dict(args)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

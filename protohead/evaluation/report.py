@@ -308,4 +308,14 @@ def read_json(path: str | os.PathLike[str]) -> TransferReport:
         '0 of 1'
     """
     with open(path) as handle:
-        return TransferReport.from_dict(json.load(handle))
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{os.fspath(path)} is not a JSON transfer report: {err}") from err
+    if not isinstance(data, Mapping):
+        kind = type(data).__name__
+        raise ValueError(f"{os.fspath(path)} is not a transfer report (a JSON {kind})")
+    try:
+        return TransferReport.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{os.fspath(path)}: {err}") from err

@@ -101,14 +101,7 @@ def image_folder_pair(
         "train": resolved(train_dir),
         "test": resolved(test_dir),
     }
-    try:
-        config["files"] = {
-            "trainval": files_fingerprint(trainval.samples, train_dir),
-            "test": files_fingerprint(test.samples, test_dir),
-        }
-    except OSError as err:  # an image vanished between listing and stat
-        raise DatasetUnavailableError(f"{name}: {err}") from err
-    return TransferDataset(name, trainval, test, len(trainval.classes), config)
+    return _fingerprinted(name, trainval, test, config, (train_dir, test_dir))
 
 
 def image_list_pair(
@@ -164,10 +157,17 @@ def image_list_pair(
         "train": resolved(train_list),
         "test": resolved(test_list),
     }
+    return _fingerprinted(name, trainval, test, config, (root, root))
+
+
+def _fingerprinted(
+    name: str, trainval: Any, test: Any, config: dict[str, Any], roots: tuple[Any, Any]
+) -> TransferDataset:
+    """The pair, its cache key holding a fingerprint of every file of both splits."""
     try:
         config["files"] = {
-            "trainval": files_fingerprint(trainval.samples, root),
-            "test": files_fingerprint(test.samples, root),
+            "trainval": files_fingerprint(trainval.samples, roots[0]),
+            "test": files_fingerprint(test.samples, roots[1]),
         }
     except OSError as err:  # an image vanished between listing and stat
         raise DatasetUnavailableError(f"{name}: {err}") from err

@@ -207,17 +207,15 @@ class WarmupCosineLR:
         self.num_steps += 1
         return lr
 
-    def _schedule(self) -> dict[str, float | int]:
+    def state_dict(self) -> dict[str, float | int]:
+        """The iteration counter and the schedule it counts in."""
         return {
+            "num_steps": self.num_steps,
             "base_lr": self.base_lr,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "final_lr": self.final_lr,
         }
-
-    def state_dict(self) -> dict[str, float | int]:
-        """The iteration counter and the schedule it counts in."""
-        return {"num_steps": self.num_steps, **self._schedule()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the iteration counter.

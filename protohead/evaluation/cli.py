@@ -230,15 +230,16 @@ def _device(name: str) -> str:
     """``--device`` resolved, and checked to exist on this machine."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    allowed = f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}"
     try:
         device = torch.device(name)
-    except RuntimeError:
-        device = torch.device("meta")  # not a device name at all: rejected as not allowed
+    except RuntimeError as err:
+        raise ValueError(allowed) from err
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     mps = torch.backends.mps.is_available()
     present = {"cpu": True, "cuda": (device.index or 0) < count, "mps": mps}
     if device.type not in present:
-        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+        raise ValueError(allowed)
     if not present[device.type]:
         have = f"{count} CUDA device(s){'' if mps else ', no MPS'}"
         raise ValueError(f"--device must be a device of this machine ({have}), got {name!r}")
@@ -301,6 +302,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "device": device,
         "progress": not args.no_progress and not args.quiet,
     }
+    val_per_class: dict[str, int] = {}  # datasets whose search used a fixed per-class split
 
     def run(job: _Job) -> DatasetResult:
         data = _build(job, transform, options)
@@ -341,7 +343,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
 
     results: list[DatasetResult] = []
-    val_per_class: dict[str, int] = {}
     for job in _jobs(args):
         try:
             results.append(run(job))

@@ -58,7 +58,7 @@ fashion-mnist:
 
 demo: $(STAMP) fashion-mnist
 	rm -rf $(DEMO_OUT)
-	$(BIN)/python examples/train_trex.py $(DEMO_FLAGS) --output-dir $(DEMO_OUT)
+	$(BIN)/protohead-train $(DEMO_FLAGS) --output-dir $(DEMO_OUT)
 
 # `make eval-demo`: concept generalisation at small scale. Pretrains the baseline and t-ReX
 # presets on Fashion-MNIST classes 0-4, then probes the frozen backbones on the unseen classes

@@ -21,8 +21,9 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from protohead.gpu_multicrop import GPUMultiCrop
-from protohead.transforms import MultiCropTransform, multicrop_collate
+from protohead.augment.batched import BatchedMultiCrop
+from protohead.augment.multicrop import MultiCropTransform
+from protohead.data.collate import multicrop_collate
 
 
 def images_per_second(fn: Callable[[], object], count: int) -> float:
@@ -43,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     cpu = MultiCropTransform()
-    aug = GPUMultiCrop.from_transform(cpu)
+    aug = BatchedMultiCrop.from_transform(cpu)
     images = torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8)
     pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
     generator = torch.Generator().manual_seed(0)
@@ -70,7 +71,7 @@ def main() -> None:
         f"1 x 224 + 8 x 96 crops from {args.size} px uint8 images, 1 CPU thread, best of "
         f"{rounds} rounds, batch {batch}, images per CPU-second\n"
     )
-    print("| pipeline | images/s | GPUMultiCrop speed-up | target |")
+    print("| pipeline | images/s | BatchedMultiCrop speed-up | target |")
     print("|---|---|---|---|")
     headline = ours / rate["pil"]
     print(
@@ -80,7 +81,7 @@ def main() -> None:
         f"| MultiCropTransform + multicrop_collate | {rate['pil+collate']:.1f} | "
         f"{ours / rate['pil+collate']:.2f}× | |"
     )
-    print(f"| GPUMultiCrop (batched, on CPU) | {ours:.1f} | 1.00× | |")
+    print(f"| BatchedMultiCrop (batched, on CPU) | {ours:.1f} | 1.00× | |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
    rounds and the median is kept, so background load hits every row alike.
 2. Data loader: images/s of ``MultiCropTransform`` + ``multicrop_collate`` through a
    ``DataLoader`` with 0, 1 and 2 workers, for ImageNet-like 256 px images with the paper's
-   crops and for 28 px images with the small-image preset, next to the batched ``GPUMultiCrop``
+   crops and for 28 px images with the small-image preset, next to the batched ``BatchedMultiCrop``
    running on the CPU.
 
 Run: ``python benchmarks/bench_train_step.py`` (``--quick`` for a smoke run).
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from protohead import MultiCropTransform, TReX, get_preset, multicrop_collate
-from protohead.small_images import small_image_preset
+from protohead.train.small_images import small_image_preset
 
 
 def _step(model: TReX, crops: list[torch.Tensor], labels: torch.Tensor) -> Callable[[], None]:
@@ -130,10 +130,10 @@ def bench_loader(quick: bool) -> None:
 
 def _batched_rate(data: _Images, transform: MultiCropTransform) -> str:
     try:
-        from protohead.gpu_multicrop import GPUMultiCrop
+        from protohead.augment.batched import BatchedMultiCrop
     except ImportError:
         return "n/a"
-    aug = GPUMultiCrop.from_transform(transform)
+    aug = BatchedMultiCrop.from_transform(transform)
     images = torch.stack([pil_to_tensor(image) for image in data.images])
     gen = torch.Generator().manual_seed(0)
     aug(images[:2], generator=gen)

@@ -3,7 +3,7 @@
 Measures, on one accelerator, in one run (about two minutes on an H100, compilation included),
 for the eager augmenter and for ``fuse=True`` (colour chain compiled with ``torch.compile``):
 
-1. Host syncs in ``GPUMultiCrop.forward`` (``torch.cuda.set_sync_debug_mode``): expected 0.
+1. Host syncs in ``BatchedMultiCrop.forward`` (``torch.cuda.set_sync_debug_mode``): expected 0.
 2. Images/s of the augmenter alone, 1 x 224 + 8 x 96 crops from 256 px uint8 images on the
    device, bf16 + channels_last output (target >= 10,000 images/s on an H100), and the
    kernels that take most of its time (``torch.profiler``).
@@ -33,7 +33,7 @@ import torchvision
 from torch import Tensor
 
 from protohead import TReX, get_preset
-from protohead.gpu_multicrop import GPUMultiCrop
+from protohead.augment.batched import BatchedMultiCrop
 
 
 @dataclass
@@ -69,8 +69,8 @@ def timer(setup: Setup, fn: Callable[[], object], iters: int) -> float:
     return (time.perf_counter() - begin) / iters
 
 
-def make_augmenter(setup: Setup, fuse: bool) -> GPUMultiCrop:
-    aug = GPUMultiCrop(
+def make_augmenter(setup: Setup, fuse: bool) -> BatchedMultiCrop:
+    aug = BatchedMultiCrop(
         global_crop_size=setup.global_size,
         local_crop_size=setup.local_size,
         num_local_crops=setup.locals,
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=128, help="training batch")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per row")
     parser.add_argument(
-        "--fuse", choices=("both", "on", "off"), default="both", help="GPUMultiCrop(fuse=...)"
+        "--fuse", choices=("both", "on", "off"), default="both", help="BatchedMultiCrop(fuse=...)"
     )
     args = parser.parse_args()
     device = torch.device(args.device)

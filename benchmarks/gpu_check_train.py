@@ -133,17 +133,17 @@ def main() -> None:
                 torch.cuda.empty_cache()
 
     try:
-        from protohead.gpu_multicrop import GPUMultiCrop
+        from protohead.augment.batched import BatchedMultiCrop
     except ImportError as err:  # another module; the training rows above do not need it
-        print(f"GPUMultiCrop unavailable: {err}")
+        print(f"BatchedMultiCrop unavailable: {err}")
         return
-    aug = GPUMultiCrop(
+    aug = BatchedMultiCrop(
         **{k: v for k, v in get_preset("trex").transform_kwargs().items()},
         output_dtype=dtype or torch.float32,
         channels_last=True,
     ).to(device)
     if quick:
-        aug = GPUMultiCrop(
+        aug = BatchedMultiCrop(
             global_crop_size=global_size, local_crop_size=local_size, channels_last=True
         ).to(device)
     side = 40 if quick else 256
@@ -152,7 +152,7 @@ def main() -> None:
     gen = torch.Generator(device).manual_seed(0)
     seconds = _time(lambda: aug(images, generator=gen), steps, warmup, device)
     print(
-        f"{'GPUMultiCrop (aug only)':<22} {batch:>5} {1e3 * seconds:>9.1f} {batch / seconds:>8.0f}"
+        f"{'BatchedMultiCrop (aug)':<22} {batch:>5} {1e3 * seconds:>9.1f} {batch / seconds:>8.0f}"
     )
 
 

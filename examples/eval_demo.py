@@ -3,7 +3,7 @@
 The ImageNet-CoG idea of the paper's evaluation (Sariyildiz et al., ICLR 2023) at Fashion-MNIST
 scale, on a CPU:
 
-1. pretrain a ResNet-18 with ``examples/train_trex.py`` on the *seen* classes 0-4 (T-shirt,
+1. pretrain a ResNet-18 with ``protohead-train`` on the *seen* classes 0-4 (T-shirt,
    trouser, pullover, dress, coat), once per preset (``baseline`` and ``trex`` by default);
 2. freeze each backbone and run the transfer protocol (``python -m protohead.evaluation``:
    pooled features, tuned logistic regression, several seeds) on the *unseen* classes 5-9
@@ -34,7 +34,7 @@ from typing import Any
 from protohead.atomic_files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "examples" / "train_trex.py"
+
 # Fashion-MNIST's own statistics, as the training script's --small-images runs use.
 FASHION_MEAN, FASHION_STD = "0.2860", "0.3530"
 
@@ -63,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def train_command(args: argparse.Namespace, preset: str, out: Path) -> list[str]:
     cmd = [
-        sys.executable, str(TRAIN), "--dataset", "fashion-mnist", "--classes", args.seen,
+        sys.executable, "-m", "protohead.train", "--dataset", "fashion-mnist",
+        "--classes", args.seen,
         "--arch", args.arch, "--preset", preset, "--small-images", "--batched-aug",
         "--color-jitter-p", "0", "--grayscale-p", "0", "--device", "cpu", "--workers", "0",
         "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr),

@@ -1,4 +1,4 @@
-"""Load the ``backbone.pth`` written by ``train_trex.py`` into a stock torchvision model.
+"""Load the ``backbone.pth`` written by ``protohead-train`` into a stock torchvision model.
 
 t-ReX keeps only the backbone after training (the projector and the classifier are discarded,
 Sariyildiz et al., ICLR 2023). ``backbone.pth`` is a plain state_dict with the stock model's key
@@ -48,7 +48,7 @@ def _small_stem(model: nn.Module, arch: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("weights", help="backbone.pth from train_trex.py")
+    parser.add_argument("weights", help="backbone.pth from protohead-train")
     parser.add_argument("--arch", default="resnet50", help="the --arch used for training")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes of the new head")
     parser.add_argument("--small-input-stem", action="store_true", help="trained with it")

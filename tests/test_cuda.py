@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from protohead import PrototypeMemoryBank, TReX
-from protohead.multicrop_params import CropParams, MultiCropParams
+from protohead.augment.params import CropParams, MultiCropParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -68,11 +68,11 @@ def test_memory_matches_cpu_reference():
 
 
 def test_gpu_multicrop_on_cuda_matches_the_cpu_render():
-    from protohead.gpu_multicrop import GPUMultiCrop
+    from protohead.augment.batched import BatchedMultiCrop
 
     kwargs = {"num_local_crops": 3, "global_crop_size": 64, "local_crop_size": 32}
     images = torch.randint(0, 256, (6, 3, 80, 96), dtype=torch.uint8)
-    aug = GPUMultiCrop(**kwargs, global_solarize_p=0.5)
+    aug = BatchedMultiCrop(**kwargs, global_solarize_p=0.5)
     params = aug.sample_params(torch.tensor([[80, 96]] * 6), torch.Generator().manual_seed(0))
     cpu = aug.render(images, params)
     cuda_params = MultiCropParams(
@@ -87,12 +87,12 @@ def test_gpu_multicrop_on_cuda_matches_the_cpu_render():
 
 
 def test_fused_gpu_multicrop_matches_eager_and_never_syncs():
-    from protohead.gpu_multicrop import GPUMultiCrop
+    from protohead.augment.batched import BatchedMultiCrop
 
     kwargs = {"num_local_crops": 3, "global_crop_size": 64, "local_crop_size": 32}
     images = torch.randint(0, 256, (6, 3, 80, 96), dtype=torch.uint8, device="cuda")
-    eager = GPUMultiCrop(**kwargs, global_solarize_p=0.5).cuda()
-    fused = GPUMultiCrop(**kwargs, global_solarize_p=0.5, fuse=True).cuda()
+    eager = BatchedMultiCrop(**kwargs, global_solarize_p=0.5).cuda()
+    fused = BatchedMultiCrop(**kwargs, global_solarize_p=0.5, fuse=True).cuda()
     params = eager.sample_params(
         torch.tensor([[80, 96]] * 6, device="cuda"), torch.Generator("cuda").manual_seed(0)
     )
@@ -108,7 +108,12 @@ def test_fused_gpu_multicrop_matches_eager_and_never_syncs():
 
 def test_rng_state_loaded_onto_the_gpu_restores(tmp_path):
     # A resumed GPU run loads its checkpoint with map_location="cuda", RNG states included.
-    from protohead.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+    from protohead.train.checkpoint import (
+        get_rng_state,
+        load_checkpoint,
+        save_checkpoint,
+        set_rng_state,
+    )
 
     save_checkpoint({"rng": get_rng_state()}, tmp_path / "c.pth")
     first = torch.rand(3)

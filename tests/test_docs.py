@@ -274,33 +274,28 @@ def test_evaluation_cli_flags_in_docs_exist():
 def test_referenced_scripts_exist():
     for page in PAGES:
         for path in re.findall(r"\b((?:benchmarks|examples)/[\w/]+\.py)\b", page.read_text()):
-            if path.startswith("examples/") and not (ROOT / path).exists():
-                continue  # the training example may land later; its flags are checked below
             assert (ROOT / path).is_file(), f"{page.name} references missing {path}"
 
 
-def _train_example_options() -> tuple[set[str], list[str]]:
-    """Option strings and ``--preset`` choices of ``examples/train_trex.py``'s parser."""
-    if str(ROOT / "examples") not in sys.path:  # the script imports its sibling modules
-        sys.path.insert(0, str(ROOT / "examples"))
-    spec = importlib.util.spec_from_file_location("train_trex", ROOT / "examples" / "train_trex.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)  # defines the parser; training only runs under __main__
-    parser = script.get_args_parser()
+TRAINER_COMMAND = re.compile(r"(?:protohead-train|-m protohead\.train)\b")
+
+
+def test_trainer_flags_in_docs_exist():
+    from protohead.train.args import get_args_parser
+
+    parser = get_args_parser()
     options = {opt for action in parser._actions for opt in action.option_strings}
     presets = next(a.choices for a in parser._actions if "--preset" in a.option_strings)
-    return options, list(presets)
-
-
-def test_train_example_flags_in_docs_exist():
-    if not (ROOT / "examples" / "train_trex.py").exists():
-        pytest.skip("examples/train_trex.py does not exist yet")
-    options, presets = _train_example_options()
-    commands = _commands("examples/train_trex.py")
+    commands = [
+        command
+        for page in PAGES
+        for block in BASH_FENCE.findall(page.read_text(encoding="utf-8"))
+        for command in block.replace("\\\n", " ").splitlines()
+        if TRAINER_COMMAND.search(command) and not command.startswith("#")
+    ]
     assert commands
     for command in commands:
-        tail = command.split("examples/train_trex.py", 1)[1]
+        tail = TRAINER_COMMAND.split(command, 1)[1]
         for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", tail):
             assert flag in options, f"unknown flag {flag} in: {command.strip()}"
         for preset in re.findall(r"--preset[ =]([\w-]+)", tail):
@@ -317,8 +312,8 @@ def _tiny_vit() -> torch.nn.Module:
 
 def _troubleshooting_triggers() -> list[tuple[str, object]]:
     """Calls that raise the errors quoted in docs/troubleshooting.md, with the quoted values."""
+    from protohead.data.fashion_mnist import FashionMNIST
     from protohead.evaluation import DatasetOptions, build_dataset, log_odds
-    from protohead.evaluation.fashion_mnist import FashionMNIST
 
     ph = protohead
     pooled = torch.nn.Sequential(
@@ -433,7 +428,7 @@ def test_site_includes_the_changelog_and_the_diagram(site):
 
 # Modules without an API page, and why.
 UNDOCUMENTED_MODULES = {
-    "batched_kernels": "unchecked hot-path kernels; protohead.batched_ops is their checked API",
+    "batched_kernels": "unchecked hot-path kernels; see protohead.augment.functional",
 }
 
 

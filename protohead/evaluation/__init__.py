@@ -8,6 +8,9 @@ multinomial logistic regression on a stratified validation split (:mod:`~.search
 (:mod:`~.metrics`, :mod:`~.report`). Command line: ``python -m protohead.evaluation``.
 """
 
+from protohead.data.errors import DatasetUnavailableError
+from protohead.data.fashion_mnist import FashionMNIST
+from protohead.data.image_list import ImageListDataset
 from protohead.evaluation.cache import FeatureCache, model_checksum
 from protohead.evaluation.datasets import (
     DATASETS,
@@ -19,10 +22,7 @@ from protohead.evaluation.datasets import (
     image_folder_pair,
     image_list_pair,
 )
-from protohead.evaluation.errors import DatasetUnavailableError
-from protohead.evaluation.fashion_mnist import FashionMNIST
 from protohead.evaluation.features import TransformConfig, cached_features, extract_features
-from protohead.evaluation.image_list import ImageListDataset
 from protohead.evaluation.loading import (
     checkpoint_task_top1,
     load_backbone,

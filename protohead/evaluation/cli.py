@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from protohead.class_subset import parse_classes
+from protohead.data.class_subset import parse_classes
+from protohead.data.errors import DatasetUnavailableError
 from protohead.evaluation.cache import FeatureCache, model_checksum
 from protohead.evaluation.datasets import (
     DATASETS,
@@ -38,7 +39,6 @@ from protohead.evaluation.datasets import (
     image_folder_pair,
     image_list_pair,
 )
-from protohead.evaluation.errors import DatasetUnavailableError
 from protohead.evaluation.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -30,7 +30,7 @@ image's relative path, label, size and modification time
 relative path run from another directory never reuse stale features.
 
 Also registered: ``fake`` (torchvision ``FakeData``, random images, for smoke tests) and
-``fashion-mnist`` (:class:`~protohead.evaluation.fashion_mnist.FashionMNIST`, optionally a class
+``fashion-mnist`` (:class:`~protohead.data.fashion_mnist.FashionMNIST`, optionally a class
 subset). :func:`image_folder_pair` and :func:`image_list_pair` wrap any ``ImageFolder`` pair and
 any pair of image lists (e.g. ImageNet-CoG levels); they and :class:`TransferDataset` live in
 :mod:`~protohead.evaluation.pairs` and are re-exported here.
@@ -48,8 +48,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import datasets as tv_datasets
 
-from protohead.evaluation.errors import DatasetUnavailableError
-from protohead.evaluation.fashion_mnist import FashionMNIST
+from protohead.data.errors import DatasetUnavailableError
+from protohead.data.fashion_mnist import FashionMNIST
 from protohead.evaluation.fingerprint import dataset_files, files_fingerprint, resolved
 from protohead.evaluation.pairs import TransferDataset, image_folder_pair, image_list_pair
 

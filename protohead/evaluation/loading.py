@@ -48,7 +48,7 @@ def checkpoint_task_top1(path: str | os.PathLike[str]) -> float | None:
     """Training-task top-1, as a fraction, recorded in a protohead training checkpoint.
 
     Read from ``metrics["val_top1"]`` (percent: the held-out accuracy on the training classes,
-    as ``examples/train_trex.py`` writes it at the end of every epoch), else from
+    as ``protohead-train`` writes it at the end of every epoch), else from
     ``args["train_top1"]`` (a fraction); ``None`` if neither is there. The tensors are
     memory-mapped, not read.
 

@@ -18,9 +18,9 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from protohead.evaluation.errors import DatasetUnavailableError
+from protohead.data.errors import DatasetUnavailableError
+from protohead.data.image_list import ImageListDataset
 from protohead.evaluation.fingerprint import files_fingerprint, resolved
-from protohead.evaluation.image_list import ImageListDataset
 
 __all__ = ["TransferDataset", "image_folder_pair", "image_list_pair"]
 
@@ -82,7 +82,7 @@ def image_folder_pair(
         >>> image_folder_pair("mine", "missing/train", "missing/test", transform=lambda im: im)
         Traceback (most recent call last):
         ...
-        protohead.evaluation.errors.DatasetUnavailableError: mine: ...
+        protohead.data.errors.DatasetUnavailableError: mine: ...
     """
     try:
         trainval = tv_datasets.ImageFolder(str(train_dir), transform=transform)
@@ -112,7 +112,7 @@ def image_list_pair(
     *,
     transform: Transform,
 ) -> TransferDataset:
-    """A pair of image lists (see :class:`~protohead.evaluation.image_list.ImageListDataset`).
+    """A pair of image lists (see :class:`~protohead.data.image_list.ImageListDataset`).
 
     Used for SUN397 partitions and ImageNet-CoG levels; the test list is numbered with the
     train list's classes.

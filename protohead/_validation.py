@@ -28,7 +28,8 @@ def integer(
     """``value`` as an int in ``[minimum, maximum]`` (bools are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         if maximum is None:
             allowed = f">= {minimum}"
         elif minimum is None:

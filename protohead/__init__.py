@@ -16,6 +16,7 @@ from protohead.image_batch import pad_images
 from protohead.memory import PrototypeMemoryBank
 from protohead.model import TReX, multicrop_cross_entropy
 from protohead.presets import PRESETS, TReXPreset, get_preset
+from protohead.pretrained import list_pretrained, load_pretrained
 from protohead.projector import Projector
 from protohead.transforms import (
     IMAGENET_MEAN,
@@ -48,6 +49,8 @@ __all__ = [
     "eval_transform",
     "get_preset",
     "group_by_resolution",
+    "list_pretrained",
+    "load_pretrained",
     "multicrop_collate",
     "multicrop_cross_entropy",
     "pad_images",

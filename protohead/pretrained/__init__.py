@@ -13,7 +13,7 @@ not redistribute them: it downloads them from the authors' server on request.
 
 Command line (maintainers): ``python -m protohead.pretrained --list`` prints the registry,
 ``python -m protohead.pretrained --print-sha256 NAME|PATH`` the SHA-256 to record for a file.
-The full training checkpoints are read by ``protohead.pretrained.authors_checkpoint``.
+The full training checkpoints are read by :mod:`protohead.pretrained.authors_checkpoint`.
 """
 
 from __future__ import annotations

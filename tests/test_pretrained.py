@@ -344,3 +344,21 @@ def test_module_runs_as_a_command() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr == "" and "trex_star_resnet50_repro" in run.stdout
+
+
+def test_guide_table_and_warning_match_the_registry(
+    released_file: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "pretrained.md").read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in guide.splitlines() if line.startswith("| `")]  # fmt: skip
+    assert [row[0].strip("`") for row in rows] == NAMES
+    for row in rows:
+        info = pretrained_info(row[0].strip("`"))
+        full = "yes" if info.full_checkpoint_url else "no"
+        expected = [info.title, f"{info.imagenet_top1:.1f}", f"{info.transfer_log_odds:.4f}", full]
+        assert row[1:] == expected, row
+    warnings.simplefilter("always")
+    pretrained_file("trex_resnet50", source=released_file)
+    (warning,) = [w for w in recwarn if "SHA-256" in str(w.message)]
+    assert f"```text\nUserWarning: {warning.message}\n```" in guide

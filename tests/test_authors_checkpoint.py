@@ -341,6 +341,9 @@ def test_registry_name_reads_the_cached_full_checkpoint(
     cache.mkdir(parents=True)
     (cache / "trex_2_checkpoint_full.pth").write_bytes(ocm_file.read_bytes())
     monkeypatch.setattr(torch.hub, "download_url_to_file", pytest.fail)
-    with pytest.warns(UserWarning, match="no recorded SHA-256 for trex_resnet50_repro"):
+    with pytest.warns(UserWarning, match=re.escape(
+        "no recorded SHA-256 for trex_resnet50_repro (full checkpoint); run `python -m "
+        "protohead.pretrained --print-sha256 trex_resnet50_repro --full-checkpoint`"
+    )):  # fmt: skip
         ckpt = read_authors_checkpoint("trex_resnet50_repro")
     assert isinstance(ckpt, AuthorsCheckpoint) and ckpt.epoch == 100

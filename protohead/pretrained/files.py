@@ -24,7 +24,7 @@ __all__ = ["WeightsUnavailableError", "file_sha256", "hub_cache_dir", "pretraine
 
 Source = str | os.PathLike[str]
 
-# Registry names already warned about: the missing-hash warning is given once per process.
+# Files already warned about: the missing-hash warning is given once per file and process.
 _WARNED_NO_SHA256: set[str] = set()
 
 
@@ -123,18 +123,23 @@ def pretrained_file(
         url, sha256 = info.full_checkpoint_url, info.full_checkpoint_sha256
     path = _resolve(name, url if source is None else source, sha256, progress)
     if verify:
-        check_sha256(name, path, sha256)
+        check_sha256(name, path, sha256, full_checkpoint)
     return path
 
 
-def check_sha256(name: str, path: Path, expected: str | None) -> None:
+def check_sha256(
+    name: str, path: Path, expected: str | None, full_checkpoint: bool = False
+) -> None:
     """Compare ``path``'s SHA-256 with the recorded one; warn once when none is recorded."""
     if expected is None:
-        if name not in _WARNED_NO_SHA256:
-            _WARNED_NO_SHA256.add(name)
+        what, flag = (
+            (f"{name} (full checkpoint)", " --full-checkpoint") if full_checkpoint else (name, "")
+        )
+        if what not in _WARNED_NO_SHA256:
+            _WARNED_NO_SHA256.add(what)
             warnings.warn(
-                f"no recorded SHA-256 for {name}; run "
-                f"`python -m protohead.pretrained --print-sha256 {name}` to compute it",
+                f"no recorded SHA-256 for {what}; run "
+                f"`python -m protohead.pretrained --print-sha256 {name}{flag}` to compute it",
                 UserWarning,
                 stacklevel=3,
             )

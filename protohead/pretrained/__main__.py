@@ -31,23 +31,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table() -> str:
-    rows = [("name", "IN1K top-1", "transfer log-odds", "sha256", "url")]
-    for entry in PRETRAINED.values():
-        sha = "recorded" if entry.sha256 else "-"
-        rows.append(
-            (
-                entry.name,
-                f"{entry.imagenet_top1:.1f}",
-                f"{entry.transfer_log_odds:.4f}",
-                sha,
-                entry.url,
-            )
+    header = ("name", "IN1K top-1", "transfer log-odds", "sha256", "full checkpoint", "url")
+    rows = [header] + [
+        (
+            e.name,
+            f"{e.imagenet_top1:.1f}",
+            f"{e.transfer_log_odds:.4f}",
+            "recorded" if e.sha256 else "-",
+            "yes" if e.full_checkpoint_url else "-",
+            e.url,
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for e in PRETRAINED.values()
+    ]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[-1]
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
 

@@ -187,7 +187,8 @@ def _download(name: str, url: str, sha256: str | None, progress: bool) -> Path:
     try:
         # torch.hub writes to a temporary file and renames it when complete (and, with a
         # hash, only when it matches), so the cache never holds a partial download.
-        torch.hub.download_url_to_file(url, str(target), hash_prefix=sha256, progress=progress)
+        expected = sha256.lower() if sha256 is not None else None  # torch compares lower case
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=progress)
     except (OSError, http.client.HTTPException) as err:
         raise WeightsUnavailableError(
             f"cannot download the {name} weights from {url} ({err}) and no copy is cached at "

@@ -301,7 +301,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=Path("runs/trex"),
-        help="checkpoints, metrics.jsonl, backbone.pth and TensorBoard logs go here",
+        help="checkpoints, metrics.jsonl, backbone.pth (and TensorBoard logs) go here",
+    )
+    run.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TensorBoard logs in <output-dir>/tensorboard (default: on when the tensorboard "
+        "package is installed, pip install 'protohead[tensorboard]')",
     )
     run.add_argument(
         "--resume",

@@ -138,12 +138,20 @@ def truncate_metrics(path: Path, start_epoch: int) -> None:
 
 
 def tensorboard_writer(output_dir: Path, enabled: bool) -> Any:
-    """A ``SummaryWriter`` in ``<output_dir>/tensorboard``; None if disabled or not installed."""
+    """A ``SummaryWriter`` in ``<output_dir>/tensorboard``; None if disabled or not installed.
+
+    A missing ``tensorboard`` package is reported in one log line rather than silently.
+    """
     if not enabled:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        logger.warning(
+            "TensorBoard logging is off: the tensorboard package is not installed (pip install "
+            "'protohead[tensorboard]'); metrics still go to %s",
+            output_dir / METRICS,
+        )
         return None
     return SummaryWriter(str(output_dir / "tensorboard"))
 

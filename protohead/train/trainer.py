@@ -220,7 +220,7 @@ def train_one_epoch(
         "train_top1": 100.0 * correct_sum / max(seen, 1.0),
         "lr": lr,
         "images_per_s": seen / max(elapsed, 1e-9),
-        "skipped_images": skipped_total,
+        "train_skipped_images": skipped_total,
     }
 
 
@@ -237,14 +237,16 @@ def evaluate(
 
     For OCM models the classifier's weights are the memory prototypes, so this measures the
     model as it is used at test time. Each sample is counted once (see ShardedEvalSampler), so
-    the result equals a single-process evaluation.
+    the result equals a single-process evaluation. Images the loader dropped as unreadable
+    (``--skip-bad-images``) are counted in ``val_skipped_images``.
     """
     model.eval()
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # top-1, top-5, loss sums
-    seen = 0
+    seen = skipped = 0
     k = min(5, model.num_classes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for images, labels, _ in loader:
+    for images, labels, num_bad in loader:
+        skipped += num_bad
         images = images.to(device, non_blocking=True, memory_format=fmt)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
@@ -254,13 +256,14 @@ def evaluate(
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
         stats += torch.stack([hits[:, 0].sum().double(), hits.any(1).sum().double(), loss.double()])
         seen += labels.shape[0]
-    totals = torch.cat([stats, torch.tensor([seen], dtype=torch.float64, device=device)])
-    top1, top5, loss_sum, count = all_reduce_sum(totals).tolist()
+    counts = torch.tensor([seen, skipped], dtype=torch.float64, device=device)
+    top1, top5, loss_sum, count, skipped_total = all_reduce_sum(torch.cat([stats, counts])).tolist()
     count = max(count, 1.0)
     return {
         "val_top1": 100 * top1 / count,
         "val_top5": 100 * top5 / count,
         "val_loss": loss_sum / count,
+        "val_skipped_images": skipped_total,
     }
 
 
@@ -370,7 +373,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
     train_model: nn.Module = model
     if info.distributed:
         train_model = _wrap_ddp(model, device)
-    writer = tensorboard_writer(output_dir, info.is_main)
+    writer = tensorboard_writer(output_dir, info.is_main and args.tensorboard is not False)
     logger.info(
         "training %s on %s: %d classes, %d steps/epoch, global batch %d, lr %.4g, %d process(es)",
         args.arch,
@@ -445,9 +448,14 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
         if info.is_main:
             save_epoch(state, metrics, output_dir, args.save_every, writer)
         barrier()
+        skipped = ""
+        if args.skip_bad_images:  # without it an unreadable image stops the run
+            skipped = "  skipped unreadable images: {:.0f} train, {:.0f} val".format(
+                metrics["train_skipped_images"], metrics["val_skipped_images"]
+            )
         logger.info(
             "epoch %d/%d  train loss %.4f  train top-1 %.2f  test top-1 %.2f  top-5 %.2f  "
-            "lr %.5f  %.0f img/s  %.1f s",
+            "lr %.5f  %.0f img/s  %.1f s%s",
             epoch + 1,
             args.epochs,
             metrics["train_loss"],
@@ -457,6 +465,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
             metrics["lr"],
             metrics["images_per_s"],
             epoch_time,
+            skipped,
         )
     if info.is_main:
         path = export_backbone(model, output_dir)

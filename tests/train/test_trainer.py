@@ -257,15 +257,45 @@ def _folder(root: Path, corrupt: bool) -> Path:
     return bad
 
 
+ONE_BATCH = ("--batch-size", "7", "--global-crop-size", "24", "--local-crop-size", "12")
+
+
 def test_corrupt_image_stops_with_the_file_name_or_is_skipped(tmp_path):
     bad = _folder(tmp_path / "data", corrupt=True)
     data = ["--data-dir", str(tmp_path / "data")]
-    one_batch = ("--batch-size", "7", "--global-crop-size", "24", "--local-crop-size", "12")
     with pytest.raises(UnreadableImageError, match=r"cannot read image file '.*corrupt.jpg'"):
-        train_trex.main(_args(tmp_path / "a", *one_batch, data=data))
-    metrics = train_trex.main(_args(tmp_path / "b", *one_batch, "--skip-bad-images", data=data))
-    assert metrics["skipped_images"] == 1.0
+        train_trex.main(_args(tmp_path / "a", *ONE_BATCH, data=data))
+    metrics = train_trex.main(_args(tmp_path / "b", *ONE_BATCH, "--skip-bad-images", data=data))
+    assert metrics["train_skipped_images"] == 1.0 and metrics["val_skipped_images"] == 0.0
     assert bad.is_file()
+
+
+def test_skipped_validation_images_are_counted_and_reported(tmp_path, capsys):
+    _folder(tmp_path / "data", corrupt=True)
+    for name in ("broken.jpg", "empty.png"):  # unreadable validation files are dropped too
+        (tmp_path / "data" / "val" / "class0" / name).write_bytes(b"\xff\xd8 not an image")
+    data = ["--data-dir", str(tmp_path / "data")]
+    metrics = train_trex.main(_args(tmp_path / "b", *ONE_BATCH, "--skip-bad-images", data=data))
+    assert (metrics["train_skipped_images"], metrics["val_skipped_images"]) == (1.0, 2.0)
+    record = _metrics(tmp_path / "b")[-1]
+    assert (record["train_skipped_images"], record["val_skipped_images"]) == (1.0, 2.0)
+    assert "skipped unreadable images: 1 train, 2 val" in capsys.readouterr().out
+
+
+def test_missing_tensorboard_is_reported_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    train_trex.main(_args(tmp_path / "a"))
+    out = capsys.readouterr().out
+    assert out.count("TensorBoard logging is off: the tensorboard package is not installed") == 1
+    assert "protohead[tensorboard]" in out
+    train_trex.main(_args(tmp_path / "b", "--no-tensorboard"))
+    assert "TensorBoard" not in capsys.readouterr().out
+
+
+def test_help_tells_that_tensorboard_is_optional():
+    text = " ".join(train_trex.get_args_parser().format_help().split())
+    assert "backbone.pth (and TensorBoard logs) go here" in text
+    assert "pip install 'protohead[tensorboard]'" in text
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

@@ -111,7 +111,8 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
         skip_bad_images: Return :class:`SkippedSample` instead of raising.
 
     Raises:
-        FileNotFoundError: If ``root`` is missing or holds no class folder with images.
+        FileNotFoundError: If ``root`` is missing, holds no class folder, or a class folder
+            holds no image (the message names ``root`` and the empty folders).
 
     Example:
         >>> import tempfile, pathlib
@@ -134,7 +135,14 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
     ) -> None:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-        super().__init__(str(root), transform=transform)
+        try:
+            super().__init__(str(root), transform=transform)
+        except FileNotFoundError as err:
+            # torchvision names the empty class folders ("Found no valid file for the classes
+            # b. ..."), not the folder they are in: with train/ and val/ both matter.
+            if str(root) in str(err):
+                raise
+            raise FileNotFoundError(f"image folder {str(root)!r}: {err}") from err
         self.skip_bad_images = bool(skip_bad_images)
 
     def __getitem__(self, index: int) -> Any:

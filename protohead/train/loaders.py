@@ -24,6 +24,7 @@ from protohead.presets import TReXPreset
 from protohead.train.launch import DistributedInfo
 from protohead.train.samplers import ShardedEvalSampler
 from protohead.train.seeding import SeededDataset, SeededSampler
+from protohead.train.usage import UsageError
 
 
 class Loaders(NamedTuple):
@@ -35,6 +36,7 @@ class Loaders(NamedTuple):
     sampler: SeededSampler
     num_classes: int
     multicrop: MultiCropTransform
+    train_size: int  # images in the training set (all ranks together)
 
 
 def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: DistributedInfo) -> Loaders:
@@ -110,7 +112,9 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
             collate_fn=plain_collate,
             **common,
         )
-    return Loaders(train_loader, val_loader, bn_loader, sampler, data.num_classes, multicrop)
+    return Loaders(
+        train_loader, val_loader, bn_loader, sampler, data.num_classes, multicrop, len(train_set)
+    )
 
 
 def build_gpu_aug(
@@ -125,7 +129,7 @@ def build_gpu_aug(
     try:
         from protohead.augment.batched import BatchedMultiCrop
     except ImportError as err:
-        raise SystemExit(f"--gpu-aug needs protohead.augment.batched ({err})") from err
+        raise UsageError(f"--gpu-aug needs protohead.augment.batched ({err})") from err
     fuse = args.gpu_aug_fuse == "on" or (args.gpu_aug_fuse == "auto" and device.type == "cuda")
     aug: nn.Module = BatchedMultiCrop.from_transform(
         multicrop,

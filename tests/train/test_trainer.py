@@ -18,9 +18,10 @@ from PIL import Image
 from protohead import BackboneAdapter, TReX
 from protohead.data import UnreadableImageError
 from protohead.evaluation import load_checkpoint_backbone
+from protohead.train import checkpoint as schema
 from protohead.train import run_dir as trex_state
 from protohead.train import trainer as train_trex
-from protohead.train.checkpoint import load_checkpoint
+from protohead.train.checkpoint import load_checkpoint, read_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,8 +131,10 @@ def test_resume_into_another_schedule_stops_cleanly(tmp_path, capsys):
     assert "never reaches its peak" not in capsys.readouterr().out
     before = (tmp_path / "checkpoint.pth").read_bytes()
     # Half the batch: other steps per epoch and rate, so the saved step count means nothing.
-    with pytest.raises(SystemExit, match=r"cannot resume from .*another schedule"):
-        train_trex.main(_args(tmp_path, *extra, "--batch-size", "2", "--max-steps-per-epoch", "3"))
+    # (--epochs 3: the run of 2 epochs is complete, re-running it would have nothing to do.)
+    other = ("--epochs", "3", "--batch-size", "2", "--max-steps-per-epoch", "3")
+    with pytest.raises(train_trex.UsageError, match=r"cannot resume from .*another schedule"):
+        train_trex.main(_args(tmp_path, *extra, *other))
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
 
 
@@ -216,6 +219,13 @@ def test_backbone_export_loads_into_stock_torchvision(tmp_path):
     assert result.unexpected_keys == []
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pth")["model"]
     assert torch.equal(stock.conv1.weight, checkpoint["student.backbone.model.conv1.weight"])
+    run = read_training_checkpoint(tmp_path / "checkpoint.pth")  # the schema reads the run back
+    assert (run.arch, run.epoch, run.epochs, run.num_classes) == ("resnet18", 1, 1, 10)
+    assert run.global_crop_size == 24 and run.missing_resume_keys == ()
+    assert run.task_top1 == pytest.approx(run.metrics["val_top1"] / 100)
+    _assert_same_state(run.backbone_state, state)
+    written = set(load_checkpoint(tmp_path / "checkpoint.pth"))
+    assert written == {getattr(schema, name) for name in dir(schema) if name.startswith("KEY_")}
     adapter, saved_args = load_checkpoint_backbone(tmp_path / "checkpoint.pth")
     assert saved_args["arch"] == "resnet18"
     assert torch.equal(adapter.model.conv1.weight, stock.conv1.weight)
@@ -300,7 +310,7 @@ def test_help_tells_that_tensorboard_is_optional():
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     args = _args(tmp_path, data=["--data-dir", str(tmp_path / "imagenet")])
-    with pytest.raises(SystemExit, match=r"--data-dir '.*imagenet' does not exist"):
+    with pytest.raises(train_trex.UsageError, match=r"--data-dir '.*imagenet' does not exist"):
         train_trex.main(args)
 
 
@@ -347,3 +357,33 @@ def test_torchrun_two_processes_keep_identical_memory_banks(tmp_path):
             assert torch.equal(rank0[key], rank1[key]), key
     ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pth")
     assert len(ckpt["rng"]) == 2
+
+
+def test_init_from_starts_student_and_teacher_from_the_backbone_file(tmp_path, monkeypatch, capsys):
+    train_trex.main(_args(tmp_path / "source"))
+    source = tmp_path / "source" / "backbone.pth"
+    weights = torch.load(source, weights_only=True)
+    first: dict[str, dict] = {}
+    original = train_trex.train_one_epoch
+
+    def spy(model, *args, **kwargs):
+        if not first:  # the weights the first step starts from
+            first["student"] = {k: v.clone() for k, v in model.backbone_state_dict().items()}
+            teacher = model.teacher.module.backbone.model.state_dict()
+            first["teacher"] = {k: v.clone() for k, v in teacher.items()}
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_trex, "train_one_epoch", spy)
+    run = ("--epochs", "2", "--max-steps-per-epoch", "1", "--init-from", str(source))
+    train_trex.main(_args(tmp_path / "init", *run, "--seed", "1"))
+    _assert_same_state(first["student"], weights)
+    _assert_same_state(first["teacher"], weights)
+    assert f"backbone initialised from {source}" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "init" / "checkpoint.pth")["args"]["init_from"] == str(source)
+
+    # A resumed run continues its own weights: --init-from is ignored then.
+    monkeypatch.setattr(
+        train_trex, "init_backbone", lambda *a: pytest.fail("--init-from used on resume")
+    )
+    train_trex.main(_args(tmp_path / "init", *run, "--seed", "1", "--epochs", "3"))
+    assert f"--init-from {source} is ignored: resuming from" in capsys.readouterr().out

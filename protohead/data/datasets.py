@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD
 from protohead.data.class_subset import ClassSubset
 from protohead.data.collate import SkippedSample
 from protohead.data.errors import DatasetUnavailableError, UnreadableImageError
 from protohead.data.fashion_mnist import FashionMNIST
-from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "DATASETS",
@@ -94,10 +92,6 @@ def dataset_info(name: str | None) -> DatasetInfo:
     return DATASETS[name]
 
 
-
-
-
-
 class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
     """``torchvision.datasets.ImageFolder`` that names the file when an image cannot be read.
 
@@ -111,7 +105,8 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
         skip_bad_images: Return :class:`SkippedSample` instead of raising.
 
     Raises:
-        FileNotFoundError: If ``root`` is missing or holds no class folder with images.
+        FileNotFoundError: If ``root`` is missing, holds no class folder, or a class folder
+            holds no image (the message names ``root`` and the empty folders).
 
     Example:
         >>> import tempfile, pathlib
@@ -134,7 +129,14 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
     ) -> None:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-        super().__init__(str(root), transform=transform)
+        try:
+            super().__init__(str(root), transform=transform)
+        except FileNotFoundError as err:
+            # torchvision names the empty class folders ("Found no valid file for the classes
+            # b. ..."), not the folder they are in: with train/ and val/ both matter.
+            if str(root) in str(err):
+                raise
+            raise FileNotFoundError(f"image folder {str(root)!r}: {err}") from err
         self.skip_bad_images = bool(skip_bad_images)
 
     def __getitem__(self, index: int) -> Any:
@@ -147,10 +149,6 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
             raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
         sample = self.transform(image) if self.transform is not None else image
         return sample, target
-
-
-
-
 
 
 def with_transform(dataset: Dataset[Any], transform: Transform | None) -> Dataset[Any]:

@@ -72,6 +72,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Command-line flags; every preset value can be overridden by its own flag."""
     parser = argparse.ArgumentParser(
+        prog="protohead-train",
         description="t-ReX / t-ReX* training (Sariyildiz et al., ICLR 2023)",
         add_help=add_help,
         formatter_class=_HelpFormatter,
@@ -185,6 +186,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="rescale the preset to the dataset's 28-32 px images and short runs "
         "(protohead.train.small_images) and evaluate whole images; explicit flags still win",
+    )
+    model.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="start the backbone from these weights instead of random ones: a backbone.pth "
+        "(stock torchvision/timm layout, classifier keys optional) or a training checkpoint; "
+        "ignored when resuming",
     )
     model.add_argument(
         "--memory-init",
@@ -301,7 +310,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=Path("runs/trex"),
-        help="checkpoints, metrics.jsonl, backbone.pth and TensorBoard logs go here",
+        help="checkpoints, metrics.jsonl, backbone.pth (and TensorBoard logs) go here",
+    )
+    run.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TensorBoard logs in <output-dir>/tensorboard (default: on when the tensorboard "
+        "package is installed, pip install 'protohead[tensorboard]')",
     )
     run.add_argument(
         "--resume",
@@ -323,6 +339,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)"
+    )
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of usage errors (for bug reports)",
     )
     return parser
 

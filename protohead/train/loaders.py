@@ -35,6 +35,7 @@ class Loaders(NamedTuple):
     sampler: SeededSampler
     num_classes: int
     multicrop: MultiCropTransform
+    train_size: int  # images in the training set (all ranks together)
 
 
 def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: DistributedInfo) -> Loaders:
@@ -110,7 +111,9 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
             collate_fn=plain_collate,
             **common,
         )
-    return Loaders(train_loader, val_loader, bn_loader, sampler, data.num_classes, multicrop)
+    return Loaders(
+        train_loader, val_loader, bn_loader, sampler, data.num_classes, multicrop, len(train_set)
+    )
 
 
 def build_gpu_aug(

@@ -4,30 +4,53 @@
 Checkpoints, ``metrics.jsonl`` and ``backbone.pth`` are replaced atomically (written next to
 their destination, then renamed), so a run killed at any moment leaves the previous version
 readable and a re-run resumes cleanly; TensorBoard's event files are appended by its writer.
+
+A re-run resumes only a checkpoint of the same run: :func:`plan_resume` compares the settings
+recorded in it (``--arch``, ``--small-input-stem``, the dataset and the resolved preset) with
+this run's before any state is loaded, and a finished run is reported as complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from protohead import TReX
+from protohead import TReX, atomic_files
 from protohead.atomic_files import atomic_write
 from protohead.presets import TReXPreset
 from protohead.train.checkpoint import (
+    KEY_ARGS,
+    KEY_EPOCH,
+    KEY_METRICS,
+    KEY_MODEL,
+    KEY_NUM_CLASSES,
+    KEY_OPTIMIZER,
+    KEY_PRESET,
+    KEY_RNG,
+    KEY_SCALER,
+    KEY_SCHEDULER,
+    KEY_STEP,
+    BackboneExportError,
+    CheckpointFormatError,
+    RunSummary,
     find_resume_checkpoint,
     get_rng_state,
     load_checkpoint,
+    read_training_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
 from protohead.train.launch import DistributedInfo, all_gather_objects
 from protohead.train.optim import WarmupCosineLR
+from protohead.train.usage import UsageError
+from protohead.train.weights import describe_mismatch
 
 CHECKPOINT = "checkpoint.pth"
 METRICS = "metrics.jsonl"
@@ -65,21 +88,136 @@ def checkpoint_state(
     Collective: every rank must call it (it gathers each rank's random-generator states).
     """
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,
-        "step": scheduler.num_steps,
-        "args": args_dict(args),
-        "preset": preset.to_dict(),
-        "metrics": metrics,  # the epoch's metrics.jsonl record (val_top1 in %)
+        KEY_MODEL: model.state_dict(),
+        KEY_OPTIMIZER: optimizer.state_dict(),
+        KEY_SCHEDULER: scheduler.state_dict(),
+        KEY_SCALER: scaler.state_dict() if scaler is not None else None,
+        KEY_EPOCH: epoch,
+        KEY_STEP: scheduler.num_steps,
+        KEY_ARGS: args_dict(args),
+        KEY_PRESET: preset.to_dict(),
+        KEY_NUM_CLASSES: model.num_classes,
+        KEY_METRICS: metrics,  # the epoch's metrics.jsonl record (val_top1 in %)
         # Every rank's generators, so a resumed distributed run continues each rank's streams.
-        "rng": all_gather_objects(get_rng_state()),
+        KEY_RNG: all_gather_objects(get_rng_state()),
     }
 
 
+# Flags recorded in a checkpoint that a resumed run must share (the preset is compared too).
+RESUMED_SETTINGS = ("arch", "small_input_stem", "dataset", "classes")
+_TRY = "use another --output-dir or the same settings"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePlan:
+    """The checkpoint a run continues, already checked against this run's settings.
+
+    Holds no tensors: the memory-mapped ones read for the check are released at once (a
+    mapped file could not be replaced by the next checkpoint on Windows).
+    """
+
+    path: Path
+    epoch: int  # finished epochs
+
+    def complete(self, epochs: int) -> bool:
+        """Whether the checkpoint has trained ``epochs`` epochs (or more) already."""
+        return self.epoch >= epochs
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like form for comparisons: tuples as lists, paths as str."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _shown(name: str, value: Any, settings: Mapping[str, Any]) -> str:
+    """``value`` of setting ``name`` as the flag that gives it, e.g. ``--memory-size 64``."""
+    flag = "--preset" if name == "name" else "--" + name.replace("_", "-")
+    if name == "dataset" and value is None:
+        return f"--data-dir {settings.get('data_dir')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if value is None:
+        return (
+            f"{flag} none" if name in ("temperature", "projector_hidden_layers") else f"no {flag}"
+        )
+    if isinstance(value, list):
+        return f"{flag} {(',' if name == 'classes' else ' ').join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def setting_differences(
+    run: RunSummary, args: argparse.Namespace, preset: TReXPreset
+) -> list[tuple[str, str]]:
+    """``(recorded, current)`` flags for each setting the checkpoint's run had otherwise.
+
+    Compares :data:`RESUMED_SETTINGS`, then the preset's name and every field; settings an
+    older checkpoint did not record are skipped.
+    """
+    current = args_dict(args)
+    mine = preset.to_dict()
+    pairs = [(key, run.args, current) for key in RESUMED_SETTINGS]
+    # The preset's name (--preset) first: it explains the field differences that follow.
+    pairs += [(key, run.preset, mine) for key in sorted(mine, key=lambda k: k != "name")]
+    return [
+        (_shown(key, _plain(old[key]), old), _shown(key, _plain(new[key]), new))
+        for key, old, new in pairs
+        if key in old and key in new and _plain(old[key]) != _plain(new[key])
+    ]
+
+
+def plan_resume(args: argparse.Namespace, preset: TReXPreset) -> ResumePlan | None:
+    """The checkpoint this run continues (``--resume``, else ``<output-dir>/checkpoint.pth``).
+
+    Reads only the checkpoint's recorded settings (the tensors are memory-mapped) and checks
+    them against this run's before anything is built. Returns ``None`` for a fresh start.
+
+    Raises:
+        UsageError: If ``--resume`` does not exist, the file is not a readable training
+            checkpoint (e.g. a ``backbone.pth``), or it was trained with other settings.
+    """
+    try:
+        path = find_resume_checkpoint(args.resume, args.output_dir, CHECKPOINT)
+    except FileNotFoundError:
+        raise UsageError(f"--resume {str(args.resume)!r} does not exist") from None
+    if path is None:
+        return None
+    try:
+        run = read_training_checkpoint(path)
+    except BackboneExportError as err:
+        raise UsageError(
+            f"cannot resume from {path}: it {err.reason}; use --init-from to start a run from "
+            "these weights"
+        ) from err
+    except CheckpointFormatError as err:
+        raise UsageError(
+            f"cannot resume from {path}: it {err.reason}; replace it with an intact copy (or a "
+            "checkpoint_epoch<N>.pth), or delete it to start afresh"
+        ) from err
+    if run.missing_resume_keys:
+        missing = "/".join(repr(key) for key in run.missing_resume_keys)
+        raise UsageError(
+            f"cannot resume from {path}: it has no {missing}, so it cannot continue a run; use "
+            "--init-from to start a run from its backbone"
+        )
+    differences = setting_differences(run, args, preset)
+    epoch = run.epoch
+    del run  # drops the memory-mapped tensors
+    if epoch is None:
+        raise UsageError(f"cannot resume from {path}: its 'epoch' is not an int; {_TRY}")
+    if differences:
+        shown = differences[:3]
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise UsageError(
+            f"cannot resume from {path}: it was trained with {' '.join(o for o, _ in shown)}, "
+            f"this run has {' '.join(n for _, n in shown)}{more}; {_TRY}"
+        )
+    return ResumePlan(path, epoch)
+
+
 def resume_run(
+    plan: ResumePlan,
     args: argparse.Namespace,
     info: DistributedInfo,
     model: TReX,
@@ -87,31 +225,55 @@ def resume_run(
     scheduler: WarmupCosineLR,
     scaler: torch.amp.GradScaler | None,
 ) -> int:
-    """Load ``--resume`` (or ``<output-dir>/checkpoint.pth``) into the training objects.
+    """Load the checkpoint of ``plan`` (from :func:`plan_resume`) into the training objects.
 
-    Returns the number of finished epochs (0 for a fresh start). On the main rank the metrics
-    of epochs that will be re-run are dropped from ``metrics.jsonl``.
+    Returns the number of finished epochs. Everything is checked before anything is loaded.
+    On the main rank the metrics of epochs that will be re-run are dropped from
+    ``metrics.jsonl``.
+
+    Raises:
+        UsageError: If the checkpoint's model or schedule does not fit this run (another
+            number of classes, global batch size or learning rate).
     """
-    path = find_resume_checkpoint(args.resume, args.output_dir, CHECKPOINT)
-    if path is None:
-        return 0
+    path = plan.path
     ckpt = load_checkpoint(path, map_location=info.device)
+    recorded = ckpt.get(KEY_NUM_CLASSES)
+    if recorded is not None and recorded != model.num_classes:
+        raise UsageError(
+            f"cannot resume from {path}: it was trained on {recorded} classes, this run's data "
+            f"has {model.num_classes}; {_TRY}"
+        )
+    problem = describe_mismatch(model.state_dict(), ckpt[KEY_MODEL])
+    if problem is not None:
+        raise UsageError(f"cannot resume from {path}: its model does not fit ({problem}); {_TRY}")
     try:  # first: it checks that this run continues the checkpoint's schedule
-        scheduler.load_state_dict(ckpt["scheduler"])
+        scheduler.load_state_dict(ckpt[KEY_SCHEDULER])
     except ValueError as err:
-        raise SystemExit(f"cannot resume from {path}: {err}") from err
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    start_epoch = int(ckpt["epoch"])
-    rng = ckpt.get("rng")
+        raise UsageError(f"cannot resume from {path}: {err}") from err
+    model.load_state_dict(ckpt[KEY_MODEL])
+    optimizer.load_state_dict(ckpt[KEY_OPTIMIZER])
+    if scaler is not None and ckpt.get(KEY_SCALER) is not None:
+        scaler.load_state_dict(ckpt[KEY_SCALER])
+    start_epoch = int(ckpt[KEY_EPOCH])
+    rng = ckpt.get(KEY_RNG)
     if isinstance(rng, list) and len(rng) == info.world_size:
         set_rng_state(rng[info.rank])
     logger.info("resumed from %s at epoch %d", path, start_epoch)
     if info.is_main:
         truncate_metrics(args.output_dir / METRICS, start_epoch)
     return start_epoch
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temporary files that writes killed mid-way left in ``directory``.
+
+    Calls ``protohead.atomic_files.cleanup_stale_temp_files`` where the installed
+    ``atomic_files`` provides it; the atomic writes never let such files shadow a checkpoint,
+    so without the helper they only take disk space.
+    """
+    cleanup = getattr(atomic_files, "cleanup_stale_temp_files", None)
+    if callable(cleanup):
+        cleanup(directory)
 
 
 def _read_records(path: Path) -> list[str]:
@@ -137,12 +299,20 @@ def truncate_metrics(path: Path, start_epoch: int) -> None:
 
 
 def tensorboard_writer(output_dir: Path, enabled: bool) -> Any:
-    """A ``SummaryWriter`` in ``<output_dir>/tensorboard``; None if disabled or not installed."""
+    """A ``SummaryWriter`` in ``<output_dir>/tensorboard``; None if disabled or not installed.
+
+    A missing ``tensorboard`` package is reported in one log line rather than silently.
+    """
     if not enabled:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        logger.warning(
+            "TensorBoard logging is off: the tensorboard package is not installed (pip install "
+            "'protohead[tensorboard]'); metrics still go to %s",
+            output_dir / METRICS,
+        )
         return None
     return SummaryWriter(str(output_dir / "tensorboard"))
 

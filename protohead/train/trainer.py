@@ -15,7 +15,10 @@ ImageNet on 4 GPUs (64 images per GPU, the paper's setting)::
     torchrun --nproc_per_node=4 -m protohead.train --data-dir /data/imagenet \\
         --arch resnet50 --preset trex --output-dir runs/trex
 
-Re-running the same command resumes from ``<output-dir>/checkpoint.pth``.
+Re-running the same command resumes from ``<output-dir>/checkpoint.pth`` (or says that the
+run is complete). Bad input (a wrong flag, missing data, a checkpoint of another run) ends the
+command with one ``protohead-train: error: ...`` line and exit status 2, see
+:mod:`protohead.train.usage`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from protohead import TReX
+from protohead.presets import TReXPreset
 from protohead.train.args import PRESET_FLAGS, get_args_parser, resolve_preset
 from protohead.train.batchnorm import recalibrate_batchnorm
 from protohead.train.launch import (
@@ -48,18 +52,25 @@ from protohead.train.launch import (
 from protohead.train.loaders import build_gpu_aug, build_loaders
 from protohead.train.optim import WarmupCosineLR, param_groups, scaled_lr
 from protohead.train.run_dir import (
+    BACKBONE,
     CHECKPOINT,
+    ResumePlan,
     checkpoint_state,
     export_backbone,
+    plan_resume,
+    remove_stale_temp_files,
     resume_run,
     save_epoch,
     tensorboard_writer,
 )
 from protohead.train.seeding import sample_seed, seed_everything
+from protohead.train.usage import UsageError, check_args
+from protohead.train.weights import init_backbone, resolve_init_from
 
 __all__ = [
     "PRESET_FLAGS",
     "NonFiniteLossError",
+    "UsageError",
     "cli",
     "evaluate",
     "get_args_parser",
@@ -220,7 +231,7 @@ def train_one_epoch(
         "train_top1": 100.0 * correct_sum / max(seen, 1.0),
         "lr": lr,
         "images_per_s": seen / max(elapsed, 1e-9),
-        "skipped_images": skipped_total,
+        "train_skipped_images": skipped_total,
     }
 
 
@@ -237,14 +248,16 @@ def evaluate(
 
     For OCM models the classifier's weights are the memory prototypes, so this measures the
     model as it is used at test time. Each sample is counted once (see ShardedEvalSampler), so
-    the result equals a single-process evaluation.
+    the result equals a single-process evaluation. Images the loader dropped as unreadable
+    (``--skip-bad-images``) are counted in ``val_skipped_images``.
     """
     model.eval()
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # top-1, top-5, loss sums
-    seen = 0
+    seen = skipped = 0
     k = min(5, model.num_classes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for images, labels, _ in loader:
+    for images, labels, num_bad in loader:
+        skipped += num_bad
         images = images.to(device, non_blocking=True, memory_format=fmt)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
@@ -254,13 +267,14 @@ def evaluate(
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
         stats += torch.stack([hits[:, 0].sum().double(), hits.any(1).sum().double(), loss.double()])
         seen += labels.shape[0]
-    totals = torch.cat([stats, torch.tensor([seen], dtype=torch.float64, device=device)])
-    top1, top5, loss_sum, count = all_reduce_sum(totals).tolist()
+    counts = torch.tensor([seen, skipped], dtype=torch.float64, device=device)
+    top1, top5, loss_sum, count, skipped_total = all_reduce_sum(torch.cat([stats, counts])).tolist()
     count = max(count, 1.0)
     return {
         "val_top1": 100 * top1 / count,
         "val_top5": 100 * top5 / count,
         "val_loss": loss_sum / count,
+        "val_skipped_images": skipped_total,
     }
 
 
@@ -280,16 +294,46 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint, and export ``backbone.pth``.
 
     Returns the last epoch's metrics (empty when there was nothing left to train).
+
+    Raises:
+        UsageError: On bad input (flags, data, a checkpoint of another run), before anything
+            is trained; :func:`cli` prints it as one line.
+        NonFiniteLossError: If the loss diverges.
     """
-    if args.dataset is None and args.data_dir is None:
-        raise SystemExit("give --dataset NAME or --data-dir PATH (ImageFolder train/ and val/)")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise SystemExit(f"--data-dir {str(args.data_dir)!r} does not exist")
+    check_args(args)
     info = init_distributed(args.device)
     try:
         return _train(args, info)
     finally:
         cleanup_distributed()
+
+
+def _build_model(args: argparse.Namespace, preset: TReXPreset, num_classes: int) -> TReX:
+    try:
+        return TReX(
+            args.arch,
+            num_classes,
+            **preset.model_kwargs(),
+            small_input_stem=args.small_input_stem,
+            memory_init=args.memory_init,
+            on_invalid="skip",
+            # drop_last=True gives every rank equal batches unless bad images are dropped.
+            equal_batches=not args.skip_bad_images,
+        )
+    except (ValueError, ImportError) as err:  # e.g. --small-input-stem on a ViT
+        raise UsageError(str(err)) from err
+
+
+def _start(args: argparse.Namespace, info: DistributedInfo) -> tuple[TReXPreset, ResumePlan | None]:
+    """The preset and the checkpoint to resume, checked before any data or model is built."""
+    try:
+        preset = resolve_preset(args)
+    except ValueError as err:  # an override flag out of range
+        raise UsageError(str(err)) from err
+    if info.is_main:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(args.output_dir)
+    return preset, plan_resume(args, preset)
 
 
 def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
@@ -302,27 +346,46 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    preset = resolve_preset(args)
+    preset, plan = _start(args, info)
     output_dir: Path = args.output_dir
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if plan is not None and plan.complete(args.epochs) and (output_dir / BACKBONE).is_file():
+        logger.info(
+            "run in %s is complete: %d/%d epochs; nothing to do (raise --epochs to train longer)",
+            output_dir,
+            plan.epoch,
+            args.epochs,
+        )
+        return {}
+    init_weights = None
+    if args.init_from is not None:
+        if plan is None:
+            init_weights = resolve_init_from(args.init_from)
+        else:
+            logger.info("--init-from %s is ignored: resuming from %s", args.init_from, plan.path)
     logger.info("preset %s: %s", args.preset, preset)
 
     # Same seed everywhere for identical initial weights and memory, then per-rank seeds.
     seed_everything(args.seed)
-    loaders = build_loaders(args, preset, info)
+    try:
+        loaders = build_loaders(args, preset, info)
+    except (FileNotFoundError, ValueError) as err:  # no images, empty class folder, ...
+        raise UsageError(str(err)) from err
     train_loader, val_loader, sampler = loaders.train, loaders.val, loaders.sampler
     num_classes, multicrop = loaders.num_classes, loaders.multicrop
-    model = TReX(
-        args.arch,
-        num_classes,
-        **preset.model_kwargs(),
-        small_input_stem=args.small_input_stem,
-        memory_init=args.memory_init,
-        on_invalid="skip",
-        # drop_last=True gives every rank equal batches unless bad images are dropped from one.
-        equal_batches=not args.skip_bad_images,
-    )
+    steps = len(train_loader)
+    if args.max_steps_per_epoch is not None:
+        steps = min(steps, args.max_steps_per_epoch)
+    if steps < 1:
+        size, ranks = loaders.train_size, info.world_size
+        shares = f", {size // ranks} per process over {ranks} processes" if ranks > 1 else ""
+        raise UsageError(
+            f"the training set gives no full batch of --batch-size {args.batch_size}: it has "
+            f"{size} images{shares}; lower --batch-size"
+        )
+    model = _build_model(args, preset, num_classes)
+    if init_weights is not None:
+        init_backbone(model, *init_weights)
+        logger.info("backbone initialised from %s", init_weights[1])
     seed_everything(args.seed + info.rank)
     if info.distributed and args.sync_bn and device.type == "cuda":
         # SyncBatchNorm is GPU-only; CPU (gloo) runs keep per-process batch statistics.
@@ -339,13 +402,6 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
     optimizer = torch.optim.SGD(
         param_groups(model, args.weight_decay), lr=base_lr, momentum=args.momentum
     )
-    steps = len(train_loader)
-    if args.max_steps_per_epoch is not None:
-        steps = min(steps, args.max_steps_per_epoch)
-    if steps < 1:
-        raise SystemExit(
-            f"the training set gives no full batch of --batch-size {args.batch_size} per process"
-        )
     scheduler = WarmupCosineLR(
         optimizer,
         base_lr=base_lr,
@@ -365,12 +421,16 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
     gpu_aug = build_gpu_aug(args, multicrop, device, autocast_dtype)
 
     checkpoint_path = output_dir / CHECKPOINT
-    start_epoch = resume_run(args, info, model, optimizer, scheduler, scaler)
+    start_epoch = 0
+    if plan is not None:
+        start_epoch = resume_run(plan, args, info, model, optimizer, scheduler, scaler)
+        if start_epoch >= args.epochs:
+            logger.info("the run is complete; writing its missing %s", BACKBONE)
 
     train_model: nn.Module = model
     if info.distributed:
         train_model = _wrap_ddp(model, device)
-    writer = tensorboard_writer(output_dir, info.is_main)
+    writer = tensorboard_writer(output_dir, info.is_main and args.tensorboard is not False)
     logger.info(
         "training %s on %s: %d classes, %d steps/epoch, global batch %d, lr %.4g, %d process(es)",
         args.arch,
@@ -445,9 +505,14 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
         if info.is_main:
             save_epoch(state, metrics, output_dir, args.save_every, writer)
         barrier()
+        skipped = ""
+        if args.skip_bad_images:  # without it an unreadable image stops the run
+            skipped = "  skipped unreadable images: {:.0f} train, {:.0f} val".format(
+                metrics["train_skipped_images"], metrics["val_skipped_images"]
+            )
         logger.info(
             "epoch %d/%d  train loss %.4f  train top-1 %.2f  test top-1 %.2f  top-5 %.2f  "
-            "lr %.5f  %.0f img/s  %.1f s",
+            "lr %.5f  %.0f img/s  %.1f s%s",
             epoch + 1,
             args.epochs,
             metrics["train_loss"],
@@ -457,6 +522,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
             metrics["lr"],
             metrics["images_per_s"],
             epoch_time,
+            skipped,
         )
     if info.is_main:
         path = export_backbone(model, output_dir)
@@ -474,10 +540,20 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """The ``protohead-train`` command (``python -m protohead.train``); returns the exit code."""
-    args = get_args_parser().parse_args(argv)
+    """The ``protohead-train`` command (``python -m protohead.train``); returns the exit code.
+
+    A :class:`UsageError` becomes one ``protohead-train: error: ...`` line on stderr and exit
+    status 2, like argparse's own errors (``--debug`` re-raises it with its traceback).
+    """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     try:
         main(args)
+    except UsageError as error:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as error:
         logger.error("%s", error)
         return 2

@@ -18,9 +18,12 @@ from torch import nn
 
 from protohead import TReX
 from protohead.train.checkpoint import (
+    BackboneExportError,
+    CheckpointFormatError,
     find_resume_checkpoint,
     get_rng_state,
     load_checkpoint,
+    read_training_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -220,3 +223,90 @@ def test_set_rng_state_checks_every_part_before_restoring_any(make_state, match)
     with pytest.raises(ValueError, match=match):
         set_rng_state(state)
     _assert_states_equal(_current_states(), now)
+
+
+def _training_checkpoint(**changes) -> dict:
+    model = TReX("resnet18", 3, projector_hidden_dim=16, memory_size=8)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": 2,
+        "args": {"arch": "resnet18", "small_input_stem": False, "epochs": 5},
+        "preset": {"name": "trex", "global_crop_size": 224},
+        "num_classes": 3,
+        "metrics": {"val_top1": 81.25},
+    }
+    return {**state, **changes}
+
+
+def test_read_training_checkpoint_returns_the_run_summary(tmp_path):
+    state = _training_checkpoint()
+    run = read_training_checkpoint(save_checkpoint(state, tmp_path / "c.pth"))
+    assert (run.arch, run.small_input_stem, run.epoch, run.epochs) == ("resnet18", False, 2, 5)
+    assert (run.global_crop_size, run.num_classes, run.task_top1) == (224, 3, 0.8125)
+    assert run.preset["name"] == "trex" and run.missing_resume_keys == ()
+    student = {k[len("student.backbone.model.") :]: v for k, v in state["model"].items()
+               if k.startswith("student.backbone.model.")}  # fmt: skip
+    assert run.backbone_state.keys() == student.keys()
+    assert all(torch.equal(run.backbone_state[k], v) for k, v in student.items())
+
+
+def test_read_training_checkpoint_accepts_older_and_other_layouts(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(arch="resnet18", train_top1=0.5)  # no metrics, flags as Namespace
+    state = _training_checkpoint(args=args, metrics=None)
+    del state["preset"], state["optimizer"], state["num_classes"]
+    torch.save(state, tmp_path / "old.pth")
+    run = read_training_checkpoint(tmp_path / "old.pth")
+    assert (run.task_top1, run.preset, run.global_crop_size) == (0.5, {}, None)
+    assert run.num_classes is None
+    assert run.missing_resume_keys == ("optimizer",) and run.epochs is None
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda p: p.write_bytes(b""), CheckpointFormatError, "is not readable: the file is empty"),
+        (
+            lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 40),
+            CheckpointFormatError,
+            r"is not readable: its 44 bytes are not a complete torch.save archive",
+        ),
+        (
+            lambda p: save_checkpoint({"conv1.weight": torch.ones(1)}, p),
+            BackboneExportError,
+            r"is a backbone export \(a bare state_dict of 1 tensors\), not a training checkpoint",
+        ),
+        (
+            lambda p: save_checkpoint({"epoch": 1}, p),
+            CheckpointFormatError,
+            r"is not a training checkpoint: it has no 'model' \(keys \['epoch'\]\)",
+        ),
+        (
+            lambda p: save_checkpoint(_training_checkpoint(args={}), p),
+            CheckpointFormatError,
+            r"must have 'args' with a string 'arch', got \{\}",
+        ),
+        (
+            lambda p: save_checkpoint(
+                _training_checkpoint(args={"arch": "resnet18", "small_input_stem": "yes"}), p
+            ),
+            CheckpointFormatError,
+            r"must have a bool args\['small_input_stem'\], got 'yes'",
+        ),
+        (
+            lambda p: save_checkpoint(_training_checkpoint(model={"head.w": torch.ones(1)}), p),
+            CheckpointFormatError,
+            r"has no backbone weights under any of .* \(top-level keys \['head'\]\)",
+        ),
+    ],
+    ids=["empty", "truncated", "backbone", "no-model", "no-arch", "stem", "no-backbone"],
+)
+def test_read_training_checkpoint_names_what_is_wrong(tmp_path, make, error, match):
+    path = tmp_path / "checkpoint.pth"
+    make(path)
+    with pytest.raises(error, match=rf"checkpoint '.*checkpoint.pth' {match}") as info:
+        read_training_checkpoint(path)
+    assert info.value.path == path

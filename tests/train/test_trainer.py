@@ -18,9 +18,10 @@ from PIL import Image
 from protohead import BackboneAdapter, TReX
 from protohead.data import UnreadableImageError
 from protohead.evaluation import load_checkpoint_backbone
+from protohead.train import checkpoint as schema
 from protohead.train import run_dir as trex_state
 from protohead.train import trainer as train_trex
-from protohead.train.checkpoint import load_checkpoint
+from protohead.train.checkpoint import load_checkpoint, read_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,8 +131,10 @@ def test_resume_into_another_schedule_stops_cleanly(tmp_path, capsys):
     assert "never reaches its peak" not in capsys.readouterr().out
     before = (tmp_path / "checkpoint.pth").read_bytes()
     # Half the batch: other steps per epoch and rate, so the saved step count means nothing.
-    with pytest.raises(SystemExit, match=r"cannot resume from .*another schedule"):
-        train_trex.main(_args(tmp_path, *extra, "--batch-size", "2", "--max-steps-per-epoch", "3"))
+    # (--epochs 3: the run of 2 epochs is complete, re-running it would have nothing to do.)
+    other = ("--epochs", "3", "--batch-size", "2", "--max-steps-per-epoch", "3")
+    with pytest.raises(train_trex.UsageError, match=r"cannot resume from .*another schedule"):
+        train_trex.main(_args(tmp_path, *extra, *other))
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
 
 
@@ -216,6 +219,13 @@ def test_backbone_export_loads_into_stock_torchvision(tmp_path):
     assert result.unexpected_keys == []
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pth")["model"]
     assert torch.equal(stock.conv1.weight, checkpoint["student.backbone.model.conv1.weight"])
+    run = read_training_checkpoint(tmp_path / "checkpoint.pth")  # the schema reads the run back
+    assert (run.arch, run.epoch, run.epochs, run.num_classes) == ("resnet18", 1, 1, 10)
+    assert run.global_crop_size == 24 and run.missing_resume_keys == ()
+    assert run.task_top1 == pytest.approx(run.metrics["val_top1"] / 100)
+    _assert_same_state(run.backbone_state, state)
+    written = set(load_checkpoint(tmp_path / "checkpoint.pth"))
+    assert written == {getattr(schema, name) for name in dir(schema) if name.startswith("KEY_")}
     adapter, saved_args = load_checkpoint_backbone(tmp_path / "checkpoint.pth")
     assert saved_args["arch"] == "resnet18"
     assert torch.equal(adapter.model.conv1.weight, stock.conv1.weight)
@@ -257,20 +267,50 @@ def _folder(root: Path, corrupt: bool) -> Path:
     return bad
 
 
+ONE_BATCH = ("--batch-size", "7", "--global-crop-size", "24", "--local-crop-size", "12")
+
+
 def test_corrupt_image_stops_with_the_file_name_or_is_skipped(tmp_path):
     bad = _folder(tmp_path / "data", corrupt=True)
     data = ["--data-dir", str(tmp_path / "data")]
-    one_batch = ("--batch-size", "7", "--global-crop-size", "24", "--local-crop-size", "12")
     with pytest.raises(UnreadableImageError, match=r"cannot read image file '.*corrupt.jpg'"):
-        train_trex.main(_args(tmp_path / "a", *one_batch, data=data))
-    metrics = train_trex.main(_args(tmp_path / "b", *one_batch, "--skip-bad-images", data=data))
-    assert metrics["skipped_images"] == 1.0
+        train_trex.main(_args(tmp_path / "a", *ONE_BATCH, data=data))
+    metrics = train_trex.main(_args(tmp_path / "b", *ONE_BATCH, "--skip-bad-images", data=data))
+    assert metrics["train_skipped_images"] == 1.0 and metrics["val_skipped_images"] == 0.0
     assert bad.is_file()
+
+
+def test_skipped_validation_images_are_counted_and_reported(tmp_path, capsys):
+    _folder(tmp_path / "data", corrupt=True)
+    for name in ("broken.jpg", "empty.png"):  # unreadable validation files are dropped too
+        (tmp_path / "data" / "val" / "class0" / name).write_bytes(b"\xff\xd8 not an image")
+    data = ["--data-dir", str(tmp_path / "data")]
+    metrics = train_trex.main(_args(tmp_path / "b", *ONE_BATCH, "--skip-bad-images", data=data))
+    assert (metrics["train_skipped_images"], metrics["val_skipped_images"]) == (1.0, 2.0)
+    record = _metrics(tmp_path / "b")[-1]
+    assert (record["train_skipped_images"], record["val_skipped_images"]) == (1.0, 2.0)
+    assert "skipped unreadable images: 1 train, 2 val" in capsys.readouterr().out
+
+
+def test_missing_tensorboard_is_reported_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    train_trex.main(_args(tmp_path / "a"))
+    out = capsys.readouterr().out
+    assert out.count("TensorBoard logging is off: the tensorboard package is not installed") == 1
+    assert "protohead[tensorboard]" in out
+    train_trex.main(_args(tmp_path / "b", "--no-tensorboard"))
+    assert "TensorBoard" not in capsys.readouterr().out
+
+
+def test_help_tells_that_tensorboard_is_optional():
+    text = " ".join(train_trex.get_args_parser().format_help().split())
+    assert "backbone.pth (and TensorBoard logs) go here" in text
+    assert "pip install 'protohead[tensorboard]'" in text
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     args = _args(tmp_path, data=["--data-dir", str(tmp_path / "imagenet")])
-    with pytest.raises(SystemExit, match=r"--data-dir '.*imagenet' does not exist"):
+    with pytest.raises(train_trex.UsageError, match=r"--data-dir '.*imagenet' does not exist"):
         train_trex.main(args)
 
 
@@ -317,3 +357,33 @@ def test_torchrun_two_processes_keep_identical_memory_banks(tmp_path):
             assert torch.equal(rank0[key], rank1[key]), key
     ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pth")
     assert len(ckpt["rng"]) == 2
+
+
+def test_init_from_starts_student_and_teacher_from_the_backbone_file(tmp_path, monkeypatch, capsys):
+    train_trex.main(_args(tmp_path / "source"))
+    source = tmp_path / "source" / "backbone.pth"
+    weights = torch.load(source, weights_only=True)
+    first: dict[str, dict] = {}
+    original = train_trex.train_one_epoch
+
+    def spy(model, *args, **kwargs):
+        if not first:  # the weights the first step starts from
+            first["student"] = {k: v.clone() for k, v in model.backbone_state_dict().items()}
+            teacher = model.teacher.module.backbone.model.state_dict()
+            first["teacher"] = {k: v.clone() for k, v in teacher.items()}
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_trex, "train_one_epoch", spy)
+    run = ("--epochs", "2", "--max-steps-per-epoch", "1", "--init-from", str(source))
+    train_trex.main(_args(tmp_path / "init", *run, "--seed", "1"))
+    _assert_same_state(first["student"], weights)
+    _assert_same_state(first["teacher"], weights)
+    assert f"backbone initialised from {source}" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "init" / "checkpoint.pth")["args"]["init_from"] == str(source)
+
+    # A resumed run continues its own weights: --init-from is ignored then.
+    monkeypatch.setattr(
+        train_trex, "init_backbone", lambda *a: pytest.fail("--init-from used on resume")
+    )
+    train_trex.main(_args(tmp_path / "init", *run, "--seed", "1", "--epochs", "3"))
+    assert f"--init-from {source} is ignored: resuming from" in capsys.readouterr().out

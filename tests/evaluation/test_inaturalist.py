@@ -12,6 +12,7 @@ from PIL import Image
 
 from protohead.data.errors import DatasetUnavailableError
 from protohead.evaluation import datasets as ds_module
+from protohead.evaluation.cli import main
 from protohead.evaluation.datasets import DatasetOptions, build_dataset
 from protohead.evaluation.inaturalist import inaturalist_pair
 
@@ -139,3 +140,22 @@ def test_registered_dataset_checks_the_paper_sizes(
         data = build_dataset("inat2019", identity, opts)
         assert (len(data.trainval), len(data.test), data.num_classes) == (12, 6, 3)
         assert data.val_per_class is None  # the search holds out 20 % of each class
+
+
+def test_cli_runs_inaturalist_like_the_other_datasets(
+    inat_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ds_module.EXPECTED_COUNTS, "inat2019", (12, 6))
+    monkeypatch.setitem(ds_module._NUM_CLASSES, "inat2019", 3)
+    out = tmp_path / "r.json"
+    argv = ["--arch", "resnet18", "--dataset", "inaturalist", "--inat2019-root", str(inat_root),
+            "--data-root", str(tmp_path), "--crop", "16", "--seeds", "0", "--grid-points", "3",
+            "--refine-steps", "0", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+            "--output", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 3  # 2018 is missing here
+    entries = {d["name"]: d for d in json.loads(out.read_text())["datasets"]}
+    assert entries["inat2018"]["status"] == "missing"
+    assert entries["inat2019"]["status"] == "ok"
+    assert (entries["inat2019"]["num_trainval"], entries["inat2019"]["num_classes"]) == (12, 3)
+    assert entries["inat2019"]["accuracy"] == pytest.approx(1.0)  # colour encodes the class
+    assert len(list((tmp_path / "cache").glob("inat2019-*.pt"))) == 2

@@ -200,7 +200,7 @@ def plot_from_report(report_path: Path, out: Path) -> Path | None:
             out,
             xlabel=f"seen classes {args['seen']}: test top-1 (%)",
             ylabel=f"unseen classes {args['unseen']}: log-odds",
-            title="Fashion-MNIST concept generalisation (mean ± std over training seeds)",
+            title="Fashion-MNIST, mean ± std over training seeds",
         )
     except ImportError as err:
         print(f"no figure: {err}")

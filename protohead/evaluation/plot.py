@@ -91,9 +91,11 @@ def _figure(caller: str) -> tuple[Any, Any]:
     return figure, figure.add_subplot()
 
 
-def _save(figure: Any, axes: Any, path: str | os.PathLike[str], title: str | None) -> Path:
+def _save(
+    figure: Any, axes: Any, path: str | os.PathLike[str], title: str | None, margin: float = 0.2
+) -> Path:
     axes.grid(True, alpha=0.3)
-    axes.margins(0.2)  # room for the labels of the outermost points
+    axes.margins(margin)  # room for the labels of the outermost points
     if title is not None:
         axes.set_title(title)
     target = Path(path)
@@ -186,4 +188,4 @@ def plot_tradeoff(
         axes.annotate(point.text, (point.x, point.y), textcoords="offset points", xytext=(5, 5))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    return _save(figure, axes, path, title)
+    return _save(figure, axes, path, title, margin=0.3)  # labels also clear the error bars

@@ -61,9 +61,10 @@ demo: $(STAMP) fashion-mnist
 	$(BIN)/protohead-train $(DEMO_FLAGS) --output-dir $(DEMO_OUT)
 
 # `make eval-demo`: concept generalisation at small scale. Pretrains the baseline and t-ReX
-# presets on Fashion-MNIST classes 0-4, then probes the frozen backbones on the unseen classes
-# 5-9 with the transfer protocol, and prints one row per preset (seen-class top-1, unseen
-# top-1 and log-odds). CPU only, 10 to 12 minutes on 2 cores (setup included).
+# presets on Fashion-MNIST classes 0,1,5,7,8 with training seeds 0-2, probes every frozen
+# backbone on the unseen classes 2,3,4,6,9 with the transfer protocol, and prints the rows and
+# per-preset mean +- std over seeds; draws tradeoff.png when matplotlib is installed. CPU only,
+# about 22 minutes on 2 cores (docs/transfer.md says what the budget trades).
 EVAL_DEMO_OUT ?= runs/eval-demo
 EVAL_DEMO_FLAGS ?=
 eval-demo: $(STAMP) fashion-mnist

@@ -6,51 +6,45 @@ penalty per dataset, average test top-1 over seeds, and report per-dataset log-o
 mean, as a table on stdout and a JSON file. ``python -m protohead.evaluation plot A.json B.json``
 draws training-task top-1 against mean transfer log-odds for several models.
 
+The input follows the model (:mod:`~protohead.evaluation.sources`): a ``--checkpoint`` is
+evaluated at its training crop size and with its training statistics unless ``--crop``,
+``--resize``, ``--mean``/``--std`` say otherwise, and the report records the values used and
+where each came from.
+
 Exit status: 0 when every requested dataset ran; 1 when some failed (an error such as a corrupt
-image or a class too small to split: the error is recorded for that dataset, the others still run,
-and the table and JSON are still written); 3 when some were missing (not downloaded) and none
-failed; 2 on usage errors, which are checked before the model is loaded. Failed and missing
-datasets are in the table and the JSON, and excluded from the mean with the denominator stated.
+image or a class too small to split: the error is recorded for that dataset, the others still run);
+3 when some were missing (not downloaded) and none failed; 2 on usage errors (one line on stderr,
+no traceback; ``--debug`` shows it), which are checked before the model is loaded: among them a
+path given on the command line that does not exist, an existing ``--output`` without
+``--overwrite``, an empty or truncated checkpoint. The report is written once, atomically, when
+the run ends; a run that stops early writes nothing, and an existing report is only replaced by a
+complete one (``--overwrite``): an incomplete run writes ``<name>.incomplete.json`` beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from torch import nn
 
-from protohead.backbone import BackboneAdapter
-from protohead.data.class_subset import parse_classes
 from protohead.data.errors import DatasetUnavailableError
 from protohead.evaluation.cache import FeatureCache, model_checksum
+from protohead.evaluation.cli_args import build_parser, existing_paths
 from protohead.evaluation.datasets import (
-    DATASETS,
-    PAPER_DATASETS,
+    DATASET_GROUPS,
     DatasetOptions,
     TransferDataset,
     build_dataset,
     image_folder_pair,
     image_list_pair,
 )
-from protohead.evaluation.features import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TransformConfig,
-    cached_features,
-)
-from protohead.evaluation.loading import (
-    checkpoint_task_top1,
-    load_backbone,
-    load_checkpoint_backbone,
-)
+from protohead.evaluation.features import cached_features
 from protohead.evaluation.report import (
     DatasetResult,
     TransferReport,
@@ -59,132 +53,62 @@ from protohead.evaluation.report import (
     write_json,
 )
 from protohead.evaluation.search import SearchConfig, linear_probe
-from protohead.pretrained import list_pretrained, load_pretrained, pretrained_info
+from protohead.evaluation.sources import (
+    ModelSource,
+    arch_source,
+    checkpoint_source,
+    pretrained_source,
+    resolve_transform,
+)
 
-__all__ = ["build_parser", "main", "parse_classes"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("protohead.evaluation")
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_MISSING = 3
 
-Transform = Callable[[Any], Any]
+# Errors that mean "the command line asked for something impossible": one line, exit 2.
+_USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
 
 
-def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "protohead", "features")
+def _arch(args: argparse.Namespace) -> ModelSource:
+    if args.weights is None:
+        logger.warning("no --weights given: evaluating a randomly initialised %s", args.arch)
+    return arch_source(args.arch, args.weights, small_input_stem=args.small_input_stem)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the evaluation run (see ``--help``).
+def _checkpoint(args: argparse.Namespace) -> ModelSource:
+    if args.weights is not None or args.small_input_stem:
+        raise ValueError("--weights and --small-input-stem go with --arch, not --checkpoint")
+    return checkpoint_source(args.checkpoint)
 
-    Example:
-        >>> args = build_parser().parse_args(["--checkpoint", "ckpt.pth", "--seeds", "0"])
-        >>> args.checkpoint, args.seeds, args.dataset
-        ('ckpt.pth', [0], None)
-    """
-    p = argparse.ArgumentParser(
-        prog="python -m protohead.evaluation",
-        description="Linear-probe transfer evaluation of a frozen backbone (t-ReX protocol).",
-        epilog="Plot several reports: python -m protohead.evaluation plot A.json B.json --out F",
-    )
-    model = p.add_argument_group("model (one of --arch, --checkpoint or --pretrained)")
-    source = model.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", help="torchvision name or timm:<name>, e.g. resnet50")
-    source.add_argument("--checkpoint", help="protohead training checkpoint (model + args)")
-    source.add_argument(
-        "--pretrained",
-        choices=list_pretrained(),
-        metavar="NAME",
-        help="released t-ReX weights by name, downloaded (CC BY-NC-SA 4.0); one of "
-        f"{', '.join(list_pretrained())}",
-    )
-    model.add_argument("--weights", help="backbone.pth state_dict for --arch")
-    model.add_argument("--small-input-stem", action="store_true", help="small-image stem")
-    model.add_argument("--name", help="model label in the report (default: arch/file name)")
-    model.add_argument(
-        "--train-top1",
-        type=float,
-        help="training-task top-1 in [0, 1], for the report and plot (default: read from "
-        "a --checkpoint, see checkpoint_task_top1; the authors' reported one for --pretrained)",
-    )
 
-    data = p.add_argument_group("datasets")
-    choices = [*sorted(DATASETS), "paper"]
-    data.add_argument(
-        "--dataset",
-        action="append",
-        choices=choices,
-        help="registered dataset, repeatable; 'paper' = the 8 transfer datasets (default)",
-    )
-    data.add_argument(
-        "--image-folder",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "TRAIN_DIR", "TEST_DIR"),
-        help="ImageFolder pair, repeatable",
-    )
-    data.add_argument(
-        "--image-list",
-        nargs=4,
-        action="append",
-        default=[],
-        metavar=("NAME", "ROOT", "TRAIN_LIST", "TEST_LIST"),
-        help="image-list pair (e.g. an ImageNet-CoG level), repeatable",
-    )
-    data.add_argument("--data-root", default="data", help="root of the torchvision datasets")
-    data.add_argument("--download", action="store_true", help="let torchvision download")
-    data.add_argument("--split-seed", type=int, default=0, help="EuroSAT test-split seed")
-    data.add_argument(
-        "--sun397-lists", nargs=2, metavar=("TRAIN", "TEST"), help="relative to DATA_ROOT/SUN397"
-    )
-    data.add_argument("--fashion-mnist-root", help="IDX directory (default: Debian package)")
-    data.add_argument("--fashion-mnist-classes", type=parse_classes, help="e.g. 5-9")
-    data.add_argument("--max-per-class", type=int, help="first N images per class (fmnist)")
-    data.add_argument("--fake-trainval", type=int, default=200)
-    data.add_argument("--fake-test", type=int, default=100)
-    data.add_argument("--fake-classes", type=int, default=10)
-    data.add_argument("--fake-image-size", type=int, default=32)
+# The mutually exclusive model-source flags (build_parser's "model" group) and how each
+# resolves to a ModelSource before any weights load. A new source is a flag plus an entry here.
+def _pretrained(args: argparse.Namespace) -> ModelSource:
+    if args.weights is not None or args.small_input_stem:
+        raise ValueError("--weights and --small-input-stem go with --arch, not --pretrained")
+    return pretrained_source(args.pretrained, progress=not (args.no_progress or args.quiet))
 
-    feats = p.add_argument_group("features")
-    feats.add_argument("--resize", type=int, default=224)
-    feats.add_argument("--crop", type=int, default=224)
-    feats.add_argument("--interpolation", default="bicubic")
-    feats.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN), metavar="M")
-    feats.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD), metavar="S")
-    feats.add_argument("--batch-size", type=int, default=128)
-    feats.add_argument("--workers", type=int, default=0)
-    feats.add_argument("--device", default="auto", help="features and fits; 'auto' = CUDA if any")
-    feats.add_argument("--cache-dir", default=_default_cache_dir())
-    feats.add_argument("--no-cache", action="store_true")
-    feats.add_argument("--no-progress", action="store_true")
 
-    search = p.add_argument_group("linear probe")
-    search.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    search.add_argument("--val-fraction", type=float, default=0.2)
-    search.add_argument("--c-min", type=float, default=1e-6)
-    search.add_argument("--c-max", type=float, default=1e5)
-    search.add_argument("--grid-points", type=int, default=12)
-    search.add_argument("--refine-steps", type=int, default=3)
-    search.add_argument("--max-iter", type=int, default=1000)
-    search.add_argument("--tol", type=float, default=1e-5)
-    search.add_argument("--float64", action="store_true", help="fit in float64")
+MODEL_SOURCES: dict[str, Callable[[argparse.Namespace], ModelSource]] = {
+    "arch": _arch,
+    "checkpoint": _checkpoint,
+    "pretrained": _pretrained,
+}
 
-    out = p.add_argument_group("output")
-    out.add_argument("--output", default="transfer_report.json", help="JSON report path")
-    out.add_argument("-q", "--quiet", action="store_true", help="only print the table")
-    return p
+
+def _model_source(args: argparse.Namespace) -> ModelSource:
+    (dest,) = [dest for dest in MODEL_SOURCES if getattr(args, dest, None) is not None]
+    return MODEL_SOURCES[dest](args)
 
 
 def _plot_main(argv: Sequence[str]) -> int:
     from protohead.evaluation.plot import plot_transfer
 
-    p = argparse.ArgumentParser(prog="python -m protohead.evaluation plot")
-    p.add_argument("reports", nargs="+", help="JSON reports written by the evaluation")
-    p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
-    p.add_argument("--title")
+    p = build_parser(plot=True)
     args = p.parse_args(list(argv))
     try:
         path = plot_transfer([read_json(r) for r in args.reports], args.out, title=args.title)
@@ -205,40 +129,20 @@ def _jobs(args: argparse.Namespace) -> list[_Job]:
     names = list(args.dataset or [])
     if not names and not args.image_folder and not args.image_list:
         names = ["paper"]
-    expanded = [n for name in names for n in (PAPER_DATASETS if name == "paper" else (name,))]
+    expanded = [n for name in names for n in DATASET_GROUPS.get(name, (name,))]
     jobs = [_Job(name, "registered") for name in dict.fromkeys(expanded)]
     jobs += [_Job(name, "folder", (train, test)) for name, train, test in args.image_folder]
     jobs += [_Job(spec[0], "list", tuple(spec[1:])) for spec in args.image_list]
     return jobs
 
 
-def _build(job: _Job, transform: Transform, options: DatasetOptions) -> TransferDataset:
+def _build(job: _Job, transform: Any, options: DatasetOptions) -> TransferDataset:
     if job.kind == "folder":
         return image_folder_pair(job.name, *job.paths, transform=transform)
     if job.kind == "list":
         root, train, test = job.paths
         return image_list_pair(job.name, root, train, test, transform=transform)
     return build_dataset(job.name, transform, options)
-
-
-def _load_model(args: argparse.Namespace) -> tuple[nn.Module, str, float | None]:
-    """The backbone, its report label and the training top-1 stored in a checkpoint."""
-    if args.checkpoint is not None:
-        if args.weights is not None or args.small_input_stem:
-            raise ValueError("--weights and --small-input-stem go with --arch, not --checkpoint")
-        backbone, _ = load_checkpoint_backbone(args.checkpoint)
-        return backbone, Path(args.checkpoint).stem, checkpoint_task_top1(args.checkpoint)
-    if args.pretrained is not None:
-        if args.weights is not None or args.small_input_stem:
-            raise ValueError("--weights and --small-input-stem go with --arch, not --pretrained")
-        resnet = load_pretrained(args.pretrained, progress=not (args.no_progress or args.quiet))
-        reported_top1 = pretrained_info(args.pretrained).imagenet_top1 / 100
-        return BackboneAdapter(resnet), args.pretrained, reported_top1
-    if args.weights is None:
-        logger.warning("no --weights given: evaluating a randomly initialised %s", args.arch)
-    backbone = load_backbone(args.arch, args.weights, small_input_stem=args.small_input_stem)
-    label = args.arch if args.weights is None else f"{args.arch} ({Path(args.weights).stem})"
-    return backbone, label, None
 
 
 def _device(name: str) -> str:
@@ -261,13 +165,40 @@ def _device(name: str) -> str:
     return name
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> SearchConfig:
     """Usage errors that need no model or data, so that they surface before any work."""
     if args.train_top1 is not None and not 0.0 <= args.train_top1 <= 1.0:
         raise ValueError(f"--train-top1 must be a fraction in [0, 1], got {args.train_top1}")
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+    for flag, path, kind in existing_paths(args):
+        found = Path(path)
+        if not found.exists():
+            raise FileNotFoundError(f"{flag} {path!r} does not exist")
+        if kind == "dir" and not found.is_dir():
+            raise ValueError(f"{flag} {path!r} must be a directory, got a file")
+        if kind == "file" and not found.is_file():
+            raise ValueError(f"{flag} {path!r} must be a file, got a directory")
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f"--output {args.output!r} is a directory; give the report's file path")
+    if output.exists() and not args.overwrite:
+        raise ValueError(
+            f"--output {args.output!r} exists: pass --overwrite to replace it (only a run in "
+            "which every dataset ran does) or choose another --output"
+        )
     args.device = _device(args.device)
+    return SearchConfig(
+        c_min=args.c_min,
+        c_max=args.c_max,
+        grid_points=args.grid_points,
+        refine_steps=args.refine_steps,
+        val_fraction=args.val_fraction,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        dtype=torch.float64 if args.float64 else torch.float32,
+        device=args.device,
+    )
 
 
 def _failure_reason(name: str, err: Exception) -> str:
@@ -278,28 +209,14 @@ def _failure_reason(name: str, err: Exception) -> str:
     return f"{name}: {type(err).__name__}: {message}"
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    device = args.device
-    search = SearchConfig(
-        c_min=args.c_min,
-        c_max=args.c_max,
-        grid_points=args.grid_points,
-        refine_steps=args.refine_steps,
-        val_fraction=args.val_fraction,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        dtype=torch.float64 if args.float64 else torch.float32,
-        device=device,
-    )
-    transform_config = TransformConfig(
-        args.resize, args.crop, args.interpolation, tuple(args.mean), tuple(args.std)
-    )
-    transform = transform_config.build()
-    options = DatasetOptions(
-        root=args.data_root,
+def _options(args: argparse.Namespace) -> DatasetOptions:
+    return DatasetOptions(
+        root=args.data_root if args.data_root is not None else "data",
         download=args.download,
         split_seed=args.split_seed,
         sun397_lists=tuple(args.sun397_lists) if args.sun397_lists else None,
+        inat2018_root=args.inat2018_root,
+        inat2019_root=args.inat2019_root,
         fashion_mnist_root=args.fashion_mnist_root,
         fashion_mnist_classes=args.fashion_mnist_classes,
         max_per_class=args.max_per_class,
@@ -308,13 +225,46 @@ def _evaluate(args: argparse.Namespace) -> int:
         fake_classes=args.fake_classes,
         fake_image_size=args.fake_image_size,
     )
-    backbone, label, stored_top1 = _load_model(args)
+
+
+def _write_report(report: TransferReport, args: argparse.Namespace) -> Path:
+    """Write the report; an existing file is replaced only by a complete run with --overwrite."""
+    target = Path(args.output)
+    complete = report.summary()["complete"]
+    if target.exists() and not (complete and args.overwrite):
+        tag = "incomplete" if not complete else "new"
+        aside = target.with_name(f"{target.stem}.{tag}{target.suffix or '.json'}")
+        why = "this run is incomplete" if not complete else "it appeared during the run"
+        print(f"kept the existing {target} ({why}); this run's report goes beside it")
+        target = aside
+    return write_json(report, target)
+
+
+def _evaluate(args: argparse.Namespace, search: SearchConfig) -> int:
+    source = _model_source(args)
+    transform_config, origin = resolve_transform(
+        source,
+        resize=args.resize,
+        crop=args.crop,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
+    )
+    options = _options(args)
+    logger.info(
+        "input: Resize(%d) -> CenterCrop(%d) (crop: %s)",
+        transform_config.resize,
+        transform_config.crop,
+        origin["crop"],
+    )
+    backbone = source.load()  # the first step that reads weights, after every usage check
+    transform = transform_config.build()
     checksum = model_checksum(backbone)
     cache = None if args.no_cache else FeatureCache(args.cache_dir)
     extract = {
         "batch_size": args.batch_size,
         "num_workers": args.workers,
-        "device": device,
+        "device": args.device,
         "progress": not args.no_progress and not args.quiet,
     }
     val_per_class: dict[str, int] = {}  # datasets whose search used a fixed per-class split
@@ -373,14 +323,16 @@ def _evaluate(args: argparse.Namespace) -> int:
             results.append(DatasetResult.failure(job.name, reason))
 
     report = TransferReport(
-        model=args.name or label,
+        model=args.name or source.label,
         datasets=tuple(results),
-        train_top1=args.train_top1 if args.train_top1 is not None else stored_top1,
+        train_top1=args.train_top1 if args.train_top1 is not None else source.task_top1,
         settings={
+            "model": source.description,
             "model_checksum": checksum,
-            "device": device,
+            "device": args.device,
             "seeds": list(args.seeds),
             "transform": transform_config.as_dict(),
+            "transform_origin": origin,
             "search": {
                 "c_min": search.c_min,
                 "c_max": search.c_max,
@@ -395,11 +347,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         },
     )
     print(format_table(report))
-    path = write_json(report, args.output)
-    print(f"report written to {path}")
+    print(f"report written to {_write_report(report, args)}")
     if report.failed:
         return EXIT_FAILED
     return EXIT_MISSING if report.missing else 0
+
+
+def _usage_error(parser: argparse.ArgumentParser, err: BaseException) -> NoReturn:
+    parser.error(str(err))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example:
         >>> args = build_parser().parse_args(["--arch", "resnet18", "--dataset", "fake"])
-        >>> args.seeds, args.dataset, args.resize
-        ([0, 1, 2], ['fake'], 224)
+        >>> args.seeds, args.dataset, args.crop  # crop None: the model's size, else 224
+        ([0, 1, 2], ['fake'], None)
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["plot"]:
@@ -418,8 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        _check_args(args)
-        return _evaluate(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        parser.error(str(err))
-    return 2  # unreachable: parser.error exits
+        search = _check_args(args)
+        return _evaluate(args, search)
+    except _USAGE_ERRORS as err:
+        if args.debug:
+            raise
+        _usage_error(parser, err)

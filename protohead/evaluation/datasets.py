@@ -17,6 +17,19 @@ food101       ``Food101``                                                     75
 sun397        partition-1 lists supplied by the user (``Training_01.txt``...)  19850 / 19850
 ============  ==============================================================  ===============
 
+and, at larger scale, iNaturalist 2018 and 2019 (:mod:`~protohead.evaluation.inaturalist`):
+
+============  ==============================================================  ===============
+name          layout under ``root/<name>`` (or ``inat2018_root``...)          trainval / test
+============  ==============================================================  ===============
+inat2018      ``train2018.json`` / ``val2018.json`` + images, 8,142 classes   437513 / 24426
+inat2019      ``train2019.json`` / ``val2019.json`` + images, 1,010 classes   265213 / 3030
+============  ==============================================================  ===============
+
+:data:`DATASET_GROUPS` names sets of them: ``paper`` (the eight above, the default of the
+command line) and ``inaturalist`` (both years). The paper's mean over fifteen datasets adds the
+five ImageNet-CoG levels, given as image lists (:func:`image_list_pair`).
+
 EuroSAT's reference split also sets 540 validation images per class aside inside trainval: its
 :attr:`TransferDataset.val_per_class` is 540, so the penalty search validates on exactly 540
 images per class (seeded, the rest of trainval trains). Every other dataset leaves it ``None``
@@ -51,11 +64,14 @@ from torchvision import datasets as tv_datasets
 from protohead.data.errors import DatasetUnavailableError
 from protohead.data.fashion_mnist import FashionMNIST
 from protohead.evaluation.fingerprint import dataset_files, files_fingerprint, resolved
+from protohead.evaluation.inaturalist import inaturalist_pair
 from protohead.evaluation.pairs import TransferDataset, image_folder_pair, image_list_pair
 
 __all__ = [
     "DATASETS",
+    "DATASET_GROUPS",
     "EXPECTED_COUNTS",
+    "INATURALIST_DATASETS",
     "PAPER_DATASETS",
     "DatasetOptions",
     "TransferDataset",
@@ -67,7 +83,16 @@ __all__ = [
 Transform = Callable[[Any], Any]
 
 PAPER_DATASETS = ("aircraft", "cars", "dtd", "eurosat", "flowers", "pets", "food101", "sun397")
-"""The transfer datasets of the paper, in the order they are reported."""
+"""The paper's eight smaller transfer datasets, in the order they are reported."""
+
+INATURALIST_DATASETS = ("inat2018", "inat2019")
+"""iNaturalist 2018 and 2019, the paper's two large-scale transfer datasets."""
+
+DATASET_GROUPS: dict[str, tuple[str, ...]] = {
+    "paper": PAPER_DATASETS,
+    "inaturalist": INATURALIST_DATASETS,
+}
+"""Names that stand for several registered datasets (``--dataset paper``)."""
 
 EXPECTED_COUNTS: dict[str, tuple[int, int]] = {
     "aircraft": (6667, 3333),
@@ -78,6 +103,8 @@ EXPECTED_COUNTS: dict[str, tuple[int, int]] = {
     "pets": (3680, 3669),
     "food101": (75750, 25250),
     "sun397": (19850, 19850),
+    "inat2018": (437513, 24426),
+    "inat2019": (265213, 3030),
 }
 """``(trainval, test)`` image counts each paper dataset must have."""
 
@@ -90,6 +117,8 @@ _NUM_CLASSES = {
     "pets": 37,
     "food101": 101,
     "sun397": 397,
+    "inat2018": 8142,
+    "inat2019": 1010,
 }
 _EUROSAT_TEST_PER_CLASS = 810
 _EUROSAT_VAL_PER_CLASS = 540
@@ -105,6 +134,9 @@ class DatasetOptions:
         split_seed: Seed of the EuroSAT test split.
         sun397_lists: ``(train_list, test_list)`` of a SUN397 partition; relative paths are
             relative to ``root/SUN397`` (not the working directory), absolute ones are kept.
+        inat2018_root: Folder with ``train2018.json``, ``val2018.json`` and the images; ``None``
+            uses ``root/inat2018``.
+        inat2019_root: Same for 2019; ``None`` uses ``root/inat2019``.
         fashion_mnist_root: IDX directory; ``None`` uses the Debian package location.
         fashion_mnist_classes: Fashion-MNIST class subset, relabelled ``0..n-1`` in order.
         max_per_class: Keep the first ``max_per_class`` images per class (Fashion-MNIST only).
@@ -122,6 +154,8 @@ class DatasetOptions:
     download: bool = False
     split_seed: int = 0
     sun397_lists: tuple[str, str] | None = None
+    inat2018_root: str | None = None
+    inat2019_root: str | None = None
     fashion_mnist_root: str | None = None
     fashion_mnist_classes: tuple[int, ...] | None = None
     max_per_class: int | None = None
@@ -223,6 +257,20 @@ def _paper(name: str, transform: Transform, opts: DatasetOptions) -> TransferDat
     return TransferDataset(name, trainval, test, _NUM_CLASSES[name], config, val_per_class)
 
 
+def _inaturalist(name: str, transform: Transform, opts: DatasetOptions) -> TransferDataset:
+    year = name[len("inat") :]
+    given = opts.inat2018_root if year == "2018" else opts.inat2019_root
+    root = Path(opts.root) / name if given is None else Path(given)
+    pair = inaturalist_pair(name, year, root, transform=transform)
+    _checked(name, pair.trainval, pair.test)
+    if pair.num_classes != _NUM_CLASSES[name]:
+        raise DatasetUnavailableError(
+            f"{name}: expected {_NUM_CLASSES[name]} classes in train{year}.json, found "
+            f"{pair.num_classes}; the files are another version"
+        )
+    return pair
+
+
 def _eurosat_split(full: Any, seed: int) -> tuple[Dataset[Any], Dataset[Any]]:
     targets = torch.as_tensor(full.targets)
     generator = torch.Generator().manual_seed(seed)
@@ -284,6 +332,7 @@ def _fashion_mnist(name: str, transform: Transform, opts: DatasetOptions) -> Tra
 
 DATASETS: dict[str, Callable[[str, Transform, DatasetOptions], TransferDataset]] = {
     **dict.fromkeys(PAPER_DATASETS, _paper),
+    **dict.fromkeys(INATURALIST_DATASETS, _inaturalist),
     "fake": _fake,
     "fashion-mnist": _fashion_mnist,
 }
@@ -296,7 +345,8 @@ def build_dataset(
     """Build a registered dataset's trainval / test pair.
 
     Args:
-        name: One of :data:`DATASETS` (the paper's eight, ``"fake"``, ``"fashion-mnist"``).
+        name: One of :data:`DATASETS` (the paper's eight, ``"inat2018"``, ``"inat2019"``,
+            ``"fake"``, ``"fashion-mnist"``).
         transform: Image transform (see :func:`~protohead.evaluation.features.eval_transform`).
         options: Roots and per-dataset options; defaults to :class:`DatasetOptions()`.
 

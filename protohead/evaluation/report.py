@@ -227,6 +227,19 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _input_lines(settings: Mapping[str, Any]) -> list[str]:
+    """``input: Resize(r) -> CenterCrop(c) (<where c came from>)``, when the settings say."""
+    transform, origin = settings.get("transform"), settings.get("transform_origin")
+    if not isinstance(transform, Mapping) or not {"resize", "crop"} <= set(transform):
+        return []
+    line = f"input: Resize({transform['resize']}) -> CenterCrop({transform['crop']})"
+    if isinstance(origin, Mapping) and "crop" in origin:
+        line += f", crop from {origin['crop']}"
+    if isinstance(origin, Mapping) and "stats" in origin:
+        line += f"; normalisation from {origin['stats']}"
+    return [line]
+
+
 def format_table(report: TransferReport) -> str:
     """Plain-text table: one row per dataset (missing and failed ones with their reason), the mean.
 
@@ -239,6 +252,7 @@ def format_table(report: TransferReport) -> str:
     lines = [f"model: {report.model}"]
     if report.train_top1 is not None:
         lines.append(f"training-task top-1: {_pct(report.train_top1)}%")
+    lines += _input_lines(report.settings)
     header = f"{'dataset':<24}{'top-1 %':>10}{'± std':>8}{'log-odds':>10}{'best C':>11}  sizes"
     lines += [header, "-" * len(header)]
     for d in report.datasets:

@@ -92,6 +92,14 @@ ARG_SMALL_INPUT_STEM = "small_input_stem"
 """``args`` entry: whether the backbone has the small-image stem (bool)."""
 ARG_EPOCHS = "epochs"
 """``args`` entry: the number of epochs the run was asked for."""
+ARG_DATASET = "dataset"
+"""``args`` entry: the built-in training dataset's name, or ``None`` for an image folder."""
+ARG_SMALL_IMAGES = "small_images"
+"""``args`` entry: whether the run used the small-image preset (bool)."""
+PRESET_NAME = "name"
+"""``preset`` entry: the preset's name (``trex``, ``baseline``...)."""
+PRESET_GLOBAL_CROP_SIZE = "global_crop_size"
+"""``preset`` entry: the side in px of the global crops, the input size the model learnt at."""
 ARG_TRAIN_TOP1 = "train_top1"
 """``args`` entry of other tools' checkpoints: training-task top-1 as a fraction."""
 METRIC_VAL_TOP1 = "val_top1"
@@ -368,7 +376,7 @@ class RunSummary:
             arch=args[ARG_ARCH],
             small_input_stem=stem,
             preset=preset,
-            global_crop_size=_int_or_none(preset.get("global_crop_size")),
+            global_crop_size=_int_or_none(preset.get(PRESET_GLOBAL_CROP_SIZE)),
             task_top1=top1,
             epoch=_int_or_none(checkpoint.get(KEY_EPOCH)),
             epochs=_int_or_none(args.get(ARG_EPOCHS)),

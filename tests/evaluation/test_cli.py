@@ -18,9 +18,10 @@ import torchvision
 from PIL import Image
 
 from protohead.data import fashion_mnist
-from protohead.evaluation import cli, plot
+from protohead.evaluation import cli, plot, sources
 from protohead.evaluation.cli import main
 from protohead.evaluation.datasets import TransferDataset
+from protohead.evaluation.features import IMAGENET_MEAN
 from protohead.evaluation.metrics import log_odds
 from protohead.evaluation.report import DatasetResult, TransferReport, read_json, write_json
 from protohead.evaluation.search import SearchConfig, linear_probe
@@ -49,7 +50,9 @@ def test_fakedata_end_to_end_then_cache_hit(
     )
     assert run.returncode == 0, run.stderr
     assert "mean (1 of 1)" in run.stdout
-    assert run.stdout.splitlines()[0] == "model: resnet18 (r18)"
+    assert run.stdout.splitlines()[0] == "model: resnet18 (r18.pth)"
+    # The resolution and normalisation used, and where they came from, are in the report.
+    assert "input: Resize(32) -> CenterCrop(32), crop from --crop" in run.stdout
     report = json.loads(out.read_text())
     (entry,) = report["datasets"]
     assert entry["name"] == "fake" and entry["status"] == "ok"
@@ -75,8 +78,14 @@ def test_fakedata_end_to_end_then_cache_hit(
     assert entry["accuracy"] == pytest.approx(statistics.mean(entry["seed_accuracies"]))
     assert entry["log_odds"] == pytest.approx(log_odds(entry["accuracy"]))
 
+    assert report["settings"]["transform"]["crop"] == 32
+    assert report["settings"]["transform_origin"]["stats"].startswith("protocol default, ImageNet")
+    assert report["settings"]["model"] == {
+        "kind": "arch", "arch": "resnet18", "weights": str(weights), "small_input_stem": False
+    }  # fmt: skip
+
     with caplog.at_level(logging.INFO, logger="protohead.evaluation"):
-        assert main([*argv, "-q"]) == 0
+        assert main([*argv, "-q", "--overwrite"]) == 0
     assert caplog.text.count("feature cache hit") == 2
     assert json.loads(out.read_text())["datasets"][0]["accuracy"] == entry["accuracy"]
 
@@ -110,30 +119,82 @@ def test_missing_dataset_is_reported_and_exit_code_3(
     assert summary["missing"] == ["dtd"] and summary["datasets_ran"] == "1 of 2"
 
 
-def test_protohead_checkpoint(tmp_path: Path) -> None:
+def small_images_checkpoint(path: Path, *, crop: int = 16) -> TReX:
+    """A checkpoint laid out as protohead-train writes it, of a --small-images run."""
     torch.manual_seed(0)
     model = TReX("resnet18", num_classes=3, projector_hidden_dim=16, projector_out_dim=8,
                  memory_size=8, small_input_stem=True)  # fmt: skip
+    args = {"arch": "resnet18", "small_input_stem": True, "small_images": True,
+            "dataset": "fashion-mnist", "preset": "trex"}  # fmt: skip
+    preset = {"name": "trex", "global_crop_size": crop, "local_crop_size": 9}
+    metrics = {"epoch": 1, "val_top1": 80.0}
+    torch.save({"model": model.state_dict(), "args": args, "preset": preset, "metrics": metrics},
+               path)  # fmt: skip
+    return model
+
+
+def test_checkpoint_input_follows_its_training_crop_and_statistics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ckpt = tmp_path / "trex_fmnist.pth"
+    small_images_checkpoint(ckpt, crop=16)
+    shapes: list[tuple[int, ...]] = []
+    real_features = cli.cached_features
+
+    def spy(model: Any, dataset: Any, **kwargs: Any) -> Any:
+        shapes.append(tuple(dataset[0][0].shape))  # the image the backbone will see
+        return real_features(model, dataset, **kwargs)
+
+    monkeypatch.setattr(cli, "cached_features", spy)
+    probe = ["--seeds", "0", "--grid-points", "3", "--refine-steps", "0", "--no-progress"]
+    out = tmp_path / "c.json"
+    argv = ["--checkpoint", str(ckpt), *FAKE, *probe, "--no-cache", "--output", str(out), "-q"]
+    assert main(argv) == 0
+    # No --resize/--crop/--mean/--std: the checkpoint's 16 px crop and Fashion-MNIST statistics,
+    # not the 224 px ImageNet default that silently cost 6.7 points on such a model.
+    assert shapes == [(3, 16, 16), (3, 16, 16)]
+    report = json.loads(out.read_text())
+    assert report["model"] == "resnet18 trex (trex_fmnist.pth)" and report["train_top1"] == 0.8
+    transform, origin = report["settings"]["transform"], report["settings"]["transform_origin"]
+    assert (transform["resize"], transform["crop"]) == (16, 16)
+    assert transform["mean"] == [0.286] * 3 and transform["std"] == [0.353] * 3
+    assert origin["crop"] == "checkpoint: preset global_crop_size"
+    assert origin["stats"] == "checkpoint: statistics of its dataset 'fashion-mnist'"
+    assert report["settings"]["model"]["global_crop_size"] == 16
+    table = capsys.readouterr().out
+    assert table.splitlines()[:3] == [
+        "model: resnet18 trex (trex_fmnist.pth)",
+        "training-task top-1: 80.00%",
+        "input: Resize(16) -> CenterCrop(16), crop from checkpoint: preset global_crop_size; "
+        "normalisation from checkpoint: statistics of its dataset 'fashion-mnist'",
+    ]
+    # Explicit values still win, each recorded as given.
+    shapes.clear()
+    argv += ["--crop", "12", "--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2",
+             "--overwrite", "--name", "mine"]  # fmt: skip
+    assert main(argv) == 0
+    assert shapes == [(3, 12, 12), (3, 12, 12)]
+    report = json.loads(out.read_text())
+    assert report["model"] == "mine"
+    assert report["settings"]["transform_origin"] == {
+        "crop": "--crop",
+        "resize": "= crop (protocol: Resize(s) -> CenterCrop(s))",
+        "stats": "--mean/--std",
+    }
+
+
+def test_checkpoint_without_a_recorded_crop_uses_the_protocol_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TReX("resnet18", num_classes=3, projector_hidden_dim=16, projector_out_dim=8,
+                 memory_size=8, small_input_stem=True)  # fmt: skip
+    ckpt = tmp_path / "hand_made.pth"
     args = {"arch": "resnet18", "small_input_stem": True, "train_top1": 0.8}
     torch.save({"model": model.state_dict(), "args": args}, ckpt)
-    out = tmp_path / "c.json"
-    argv = ["--checkpoint", str(ckpt), *FAKE, *FAST, "--no-cache", "--output", str(out), "-q"]
-    assert main(argv) == 0
-    report = json.loads(out.read_text())
-    assert report["model"] == "trex_fmnist" and report["train_top1"] == 0.8
-
-
-def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--arch", "resnet18", "--checkpoint", "x.pth"])
-    assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["--arch", "resnet18", *FAKE, "--train-top1", "76.5", "--output", str(tmp_path / "r")])
-    assert "--train-top1 must be a fraction in [0, 1], got 76.5" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--checkpoint", str(tmp_path / "missing.pth"), *FAKE])
-    assert "does not exist" in capsys.readouterr().err
+    source = sources.checkpoint_source(str(ckpt))
+    assert source.label == "resnet18 (hand_made.pth)" and source.task_top1 == 0.8
+    config, origin = sources.resolve_transform(source)
+    assert (config.resize, config.crop, config.mean) == (224, 224, IMAGENET_MEAN)
+    assert origin["crop"] == "protocol default (not recorded in the checkpoint)"
 
 
 def test_plot_subcommand(
@@ -220,32 +281,6 @@ def test_failing_datasets_are_recorded_and_the_others_still_run(
     assert report["summary"]["failed"] == ["corrupt", "tiny"]
     assert report["summary"]["mean_log_odds"] == entries["fake"]["log_odds"]
     assert "corrupt failed, continuing with the other datasets" in caplog.text
-
-
-def test_device_and_seeds_are_checked_before_the_model_loads(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_model(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the model must not be loaded for a usage error")
-
-    monkeypatch.setattr(cli, "load_backbone", no_model)
-    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
-    cases = [
-        (
-            ["--device", absent],
-            rf"--device must be a device of this machine \(.*\), got '{absent}'",
-        ),
-        (
-            ["--device", "tpu"],
-            "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'",
-        ),
-        (["--seeds", "0", "0"], r"--seeds must be distinct, got \[0, 0\]"),
-    ]
-    for extra, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["--arch", "resnet18", *FAKE, *extra])
-        assert exit_info.value.code == 2
-        assert re.search(message, capsys.readouterr().err), extra
 
 
 def test_dataset_validation_split_reaches_the_search(

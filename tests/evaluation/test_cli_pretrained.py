@@ -52,7 +52,7 @@ def test_pretrained_name_evaluates_the_released_weights(tmp_path: Path, hub_cach
             "--output", str(out), "-q"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert report["model"] == "trex_star_resnet50"
+    assert report["model"] == "resnet50 trex_star_resnet50 (released weights)"
     assert report["train_top1"] == pytest.approx(0.802)  # the authors' reported IN1K top-1
     stock.load_state_dict(state, strict=False)
     expected = model_checksum(BackboneAdapter(stock))

@@ -13,7 +13,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from protohead.data.errors import DatasetUnavailableError
 from protohead.evaluation import datasets as ds_module
 from protohead.evaluation.datasets import (
+    DATASET_GROUPS,
     EXPECTED_COUNTS,
+    INATURALIST_DATASETS,
     PAPER_DATASETS,
     DatasetOptions,
     build_dataset,
@@ -28,7 +30,11 @@ def identity(image: Any) -> Any:
 
 
 def test_expected_counts_match_the_issue_table() -> None:
-    assert set(EXPECTED_COUNTS) == set(PAPER_DATASETS)
+    assert set(EXPECTED_COUNTS) == set(PAPER_DATASETS) | set(INATURALIST_DATASETS)
+    # The iNaturalist sizes and class counts of the authors' evaluation (their loader's checks).
+    assert EXPECTED_COUNTS["inat2018"] == (437513, 24426)
+    assert EXPECTED_COUNTS["inat2019"] == (265213, 3030)
+    assert DATASET_GROUPS == {"paper": PAPER_DATASETS, "inaturalist": ("inat2018", "inat2019")}
     assert EXPECTED_COUNTS["eurosat"] == (18900, 8100)
     assert EXPECTED_COUNTS["aircraft"] == (6667, 3333)
     assert EXPECTED_COUNTS["sun397"] == (19850, 19850)

@@ -10,9 +10,12 @@ import torch
 import torchvision
 
 from protohead.evaluation.loading import (
+    TrainingRecord,
+    UnreadableCheckpointError,
     checkpoint_task_top1,
     load_backbone,
     load_checkpoint_backbone,
+    read_training_record,
 )
 from protohead.model import TReX
 
@@ -124,7 +127,9 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint must have 'args' with a string 'arch'"):
         load_checkpoint_backbone(path)
     torch.save({"model": {"head.weight": torch.zeros(1)}, "args": {"arch": "resnet18"}}, path)
-    with pytest.raises(ValueError, match=r"no backbone keys .* got top-level keys \['head'\]"):
+    with pytest.raises(
+        ValueError, match=r"has no backbone weights under .* \(top-level keys \['head'\]\)"
+    ):
         load_checkpoint_backbone(path)
     state = {f"student.backbone.model.{k}": v for k, v in stock_resnet18().state_dict().items()}
     torch.save({"model": state, "args": {"arch": "resnet18", "small_input_stem": True}}, path)
@@ -171,3 +176,78 @@ def test_checkpoint_task_top1(tmp_path: Path, checkpoint: object, expected: floa
 def test_checkpoint_task_top1_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         checkpoint_task_top1(tmp_path / "missing.pth")
+
+
+def test_training_record_reads_how_the_model_was_trained(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    model = TReX("resnet18", num_classes=2, projector_hidden_dim=8, projector_out_dim=4,
+                 memory_size=4)  # fmt: skip
+    args = argparse.Namespace(arch="resnet18", small_input_stem=False, small_images=True,
+                              dataset="cifar10")  # fmt: skip
+    preset = {"name": "trex", "global_crop_size": 32, "local_crop_size": 18}
+    torch.save({"model": model.state_dict(), "args": args, "preset": preset,
+                "metrics": {"val_top1": 94.0}}, path)  # fmt: skip
+    record = read_training_record(path)
+    assert record == TrainingRecord(
+        arch="resnet18",
+        small_input_stem=False,
+        preset=preset,
+        global_crop_size=32,
+        task_top1=0.94,
+        dataset="cifar10",
+        dataset_recorded=True,
+        small_images=True,
+    )
+    assert record.preset_name == "trex"
+    # An image-folder run records dataset=None; a hand-made checkpoint records nothing.
+    torch.save({"model": {}, "args": {"arch": "resnet50", "dataset": None}}, path)
+    record = read_training_record(path)
+    assert (record.dataset, record.dataset_recorded, record.preset, record.global_crop_size) == (
+        None, True, None, None
+    )  # fmt: skip
+    torch.save({"model": {}, "args": {"arch": "resnet50"}}, path)
+    assert read_training_record(path).dataset_recorded is False
+    torch.save({"model": {}, "args": {"arch": "resnet50"}, "preset": {"global_crop_size": 0}}, path)
+    with pytest.raises(ValueError, match="preset 'global_crop_size' must be an int >= 1, got 0"):
+        read_training_record(path)
+
+
+def test_unreadable_files_raise_one_line_naming_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.zeros(1000)}, "args": {"arch": "resnet18"}}, good)
+    data = good.read_bytes()
+    truncated, empty, text = tmp_path / "cut.pth", tmp_path / "empty.pth", tmp_path / "a.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    text.write_text("hello")
+    legacy = tmp_path / "legacy.pth"  # the pre-zip format: read without memory-mapping
+    torch.save({"model": {}, "args": {"arch": "resnet18"}}, legacy,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    assert read_training_record(legacy).arch == "resnet18"
+    for reader in (read_training_record, checkpoint_task_top1, load_checkpoint_backbone):
+        with pytest.raises(UnreadableCheckpointError, match=r"'.*empty.pth' is empty \(0 bytes\)"):
+            reader(empty)
+        with pytest.raises(
+            UnreadableCheckpointError,
+            match=r"checkpoint '.*cut.pth' cannot be loaded \(truncated, still being written, or "
+            r"not a PyTorch file\): RuntimeError: PytorchStreamReader failed reading zip archive",
+        ):
+            reader(truncated)
+        with pytest.raises(UnreadableCheckpointError, match=r"checkpoint '.*a.pth' cannot be"):
+            reader(text)
+    with pytest.raises(UnreadableCheckpointError, match=r"^weights '.*cut.pth' cannot be loaded"):
+        load_backbone("resnet18", truncated)
+    assert issubclass(UnreadableCheckpointError, ValueError)  # a CLI usage error: exit 2
+    message = ""
+    try:
+        read_training_record(truncated)
+    except UnreadableCheckpointError as err:
+        message = str(err)
+    assert "\n" not in message and len(message) < 400
+
+
+def test_training_checkpoint_as_weights_points_to_the_checkpoint_loader(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    fabricate_checkpoint(path)
+    with pytest.raises(ValueError, match="is a training checkpoint .* load_checkpoint_backbone"):
+        load_backbone("resnet18", path)

@@ -211,13 +211,13 @@ def test_finiteness_check_is_exact_even_when_the_sum_overflows() -> None:
 
 
 def test_line_model_matches_full_evaluations_along_the_line() -> None:
-    from protohead.evaluation.logreg import _SoftmaxObjective
+    from protohead.evaluation.softmax import SoftmaxObjective
 
     g = torch.Generator().manual_seed(0)
     n, d, k = 40, 6, 4
     x = torch.randn(n, d, generator=g, dtype=torch.float64) + 2.0
     labels = torch.randint(0, k, (n,), generator=g)
-    objective = _SoftmaxObjective(x, labels, x.mean(0), k, lam=0.05)
+    objective = SoftmaxObjective(x, labels, x.mean(0), k, lam=0.05)
     params = torch.randn(k * d + k, generator=g, dtype=torch.float64)
     direction = torch.randn(k * d + k, generator=g, dtype=torch.float64)
     line = objective.line(params, direction)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from protohead.evaluation.plot import plot_transfer
+from protohead.evaluation.plot import TradeoffPoint, plot_tradeoff, plot_transfer
 from protohead.evaluation.report import DatasetResult, TransferReport
 
 
@@ -121,3 +121,52 @@ def test_plot_writes_labelled_points(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert axes.get_title() == "demo"
     svg = plot_transfer(REPORTS, tmp_path / "plots" / "transfer.svg")
     assert b"<svg" in svg.read_bytes()[:1000]
+
+
+def test_tradeoff_points_and_error_bars_reach_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figure_module = pytest.importorskip("matplotlib.figure")
+    figures: list[Any] = []
+
+    class RecordedFigure(figure_module.Figure):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(figure_module, "Figure", RecordedFigure)
+    points = [
+        TradeoffPoint("baseline", 98.1, 1.10, x_err=0.2, y_err=0.05, runs=3),
+        TradeoffPoint("trex", 98.6, 1.37, x_err=0.1, y_err=0.08, runs=3),
+    ]
+    path = plot_tradeoff(points, tmp_path / "tradeoff.png", title="Fashion-MNIST")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = figures
+    (axes,) = figure.axes
+    assert [t.get_text() for t in axes.texts] == ["baseline (n=3)", "trex (n=3)"]
+    assert [tuple(t.xy) for t in axes.texts] == [(98.1, 1.10), (98.6, 1.37)]
+    # One errorbar container per point: the data point, then its x and y bars' extents.
+    bars = [c for c in axes.containers if c.has_xerr and c.has_yerr]
+    assert len(bars) == 2
+    for bar, point in zip(bars, points, strict=True):
+        line, _, (x_bars, y_bars) = bar.lines
+        assert tuple(line.get_xydata()[0]) == pytest.approx((point.x, point.y))
+        (x_segment,) = x_bars.get_segments()
+        (y_segment,) = y_bars.get_segments()
+        assert x_segment[:, 0].tolist() == pytest.approx(
+            [point.x - point.x_err, point.x + point.x_err]
+        )
+        assert y_segment[:, 1].tolist() == pytest.approx(
+            [point.y - point.y_err, point.y + point.y_err]
+        )
+    assert axes.get_xlabel() == "seen-class top-1 (%)" and axes.get_title() == "Fashion-MNIST"
+
+
+def test_tradeoff_rejects_bad_points(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="points must hold at least one TradeoffPoint"):
+        plot_tradeoff([], tmp_path / "f.png")
+    with pytest.raises(ValueError, match="point 'p' needs finite x, y and spreads >= 0"):
+        TradeoffPoint("p", 90.0, float("nan"))
+    with pytest.raises(ValueError, match="point 'q' needs finite x, y and spreads >= 0"):
+        TradeoffPoint("q", 90.0, 1.0, x_err=-0.1)
+    assert list(tmp_path.iterdir()) == []

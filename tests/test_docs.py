@@ -456,6 +456,60 @@ def test_redirects_lead_to_a_section():
         assert anchor in anchors[page], f"{old} -> {new}: {page} renders no {anchor}"
 
 
+# --- the package layout page ----------------------------------------------------------------
+
+LAYOUT = DOCS / "layout.md"
+
+
+def _tree_paths(tree: str) -> set[str]:
+    """Paths of an indented file tree (4 spaces a level; a trailing / marks a folder)."""
+    stack: list[str] = []
+    paths = set()
+    for line in tree.splitlines():
+        match = re.match(r"( *)(\S+)", line)
+        assert match is not None and len(match.group(1)) % 4 == 0, line
+        name = match.group(2)
+        stack[len(match.group(1)) // 4 :] = [name.rstrip("/")]
+        paths.add("/".join(stack) + ("/" if name.endswith("/") else ""))
+    return paths
+
+
+def test_layout_tree_is_the_package():
+    # Every module of the core and of augment/, data/, train/ (the evaluation's are on its own
+    # page), and nothing that does not exist.
+    text = LAYOUT.read_text(encoding="utf-8")
+    tree = re.search(r"^```text\n(protohead/\n.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    assert tree is not None, "docs/layout.md: no ```text tree of protohead/"
+    expected = {"protohead/"}
+    for path in (ROOT / "protohead").rglob("*"):
+        relative = path.relative_to(ROOT)
+        if path.is_dir() and (path / "__init__.py").is_file():
+            expected.add(f"{relative.as_posix()}/")
+        elif (
+            path.suffix == ".py"
+            and not path.name.startswith("_")
+            and relative.parts[1] != "evaluation"
+        ):
+            expected.add(relative.as_posix())
+    assert _tree_paths(tree.group(1)) == expected
+
+
+def _section_table(text: str, heading: str) -> list[str]:
+    """Table lines of the section that starts with ``heading`` (up to the next heading)."""
+    start = text.index(f"{heading}\n")
+    end = re.compile(r"^#", flags=re.MULTILINE).search(text, start + len(heading))
+    section = text[start : end.start() if end else len(text)]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def test_layout_deprecation_table_is_the_changelog_one():
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    expected = _section_table(changelog, "### Deprecated")
+    assert len(expected) > 2, "CHANGELOG.md: no Deprecated table"
+    table = _section_table(LAYOUT.read_text(encoding="utf-8"), "## Old paths (deprecated)")
+    assert table == expected
+
+
 # --- facts in the guides -------------------------------------------------------------------
 
 

@@ -188,7 +188,7 @@ class SkipBadCollate:
 
 
 def uint8_collate(batch: Sequence[tuple[Tensor, int]]) -> tuple[Tensor | list[Tensor], Tensor]:
-    """Collate uint8 ``(c, h, w)`` images, c in {1, 3}, for an on-device augmenter (BatchedMultiCrop).
+    """Collate uint8 ``(c, h, w)`` images, c in {1, 3}, for a batched augmenter (BatchedMultiCrop).
 
     Same-size images are stacked into ``(b, c, h, w)``; otherwise the list is kept (the
     augmenter pads it). Labels (ints or one-element integer tensors, as for

@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD
 from protohead.data.class_subset import ClassSubset
 from protohead.data.collate import SkippedSample
 from protohead.data.errors import DatasetUnavailableError, UnreadableImageError
 from protohead.data.fashion_mnist import FashionMNIST
-from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "DATASETS",
@@ -94,10 +92,6 @@ def dataset_info(name: str | None) -> DatasetInfo:
     return DATASETS[name]
 
 
-
-
-
-
 class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
     """``torchvision.datasets.ImageFolder`` that names the file when an image cannot be read.
 
@@ -147,10 +141,6 @@ class CheckedImageFolder(tv_datasets.ImageFolder):  # type: ignore[misc]
             raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
         sample = self.transform(image) if self.transform is not None else image
         return sample, target
-
-
-
-
 
 
 def with_transform(dataset: Dataset[Any], transform: Transform | None) -> Dataset[Any]:

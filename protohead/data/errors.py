@@ -1,4 +1,4 @@
-"""Data errors: a dataset that cannot be used as found on disk, an image file that cannot be read."""
+"""Data errors: a dataset unusable as found on disk, an image file that cannot be read."""
 
 from __future__ import annotations
 

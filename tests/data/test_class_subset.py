@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from protohead.data.class_subset import ClassSubset, parse_classes
 from protohead.data import build_datasets, with_transform
+from protohead.data.class_subset import ClassSubset, parse_classes
 
 
 class NoTargets(Dataset[tuple[int, int]]):

@@ -26,7 +26,7 @@ step() {  # step TITLE TIMEOUT CMD...: run, report, keep going (one failure must
 step "BatchedMultiCrop checks" 270 python benchmarks/gpu_check_multicrop.py
 step "bench_core on the GPU" 90 python benchmarks/bench_core.py --device cuda --drift-updates 0
 step "CUDA tests" 120 python -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py \
-    tests/test_evaluation_logreg.py tests/test_evaluation_lbfgs.py
+    tests/evaluation/test_logreg.py tests/evaluation/test_lbfgs.py
 step "bench_logreg, protohead on the GPU" 120 python benchmarks/bench_logreg.py --device cuda
 out=$(mktemp -d)
 [ -n "${SKIP_SMOKE:-}" ] || step "protohead-train --gpu-aug smoke (FakeData, resnet50)" 150 protohead-train \

@@ -138,7 +138,7 @@ def main() -> None:
         print(f"BatchedMultiCrop unavailable: {err}")
         return
     aug = BatchedMultiCrop(
-        **{k: v for k, v in get_preset("trex").transform_kwargs().items()},
+        get_preset("trex").multicrop_config(),
         output_dtype=dtype or torch.float32,
         channels_last=True,
     ).to(device)

@@ -33,6 +33,7 @@ from protohead.encoder import MultiCropEncoder, group_by_resolution
 from protohead.memory import PrototypeMemoryBank
 from protohead.model import TReX, multicrop_cross_entropy
 from protohead.presets import PRESETS, TReXPreset, get_preset
+from protohead.pretrained import list_pretrained, load_pretrained
 from protohead.projector import Projector
 
 __version__ = "0.1.0"
@@ -58,6 +59,8 @@ __all__ = [
     "eval_transform",
     "get_preset",
     "group_by_resolution",
+    "list_pretrained",
+    "load_pretrained",
     "multicrop_collate",
     "multicrop_cross_entropy",
     "pad_images",

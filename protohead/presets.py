@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+
+from protohead.augment.config import MultiCropConfig
 
 __all__ = ["PRESETS", "TReXPreset", "get_preset"]
 
 
-@dataclass(frozen=True)
-class TReXPreset:
+@dataclass(frozen=True, kw_only=True)
+class TReXPreset(MultiCropConfig):
     """Model and augmentation settings of one configuration of Sariyildiz et al. (ICLR 2023).
 
-    :meth:`model_kwargs` feeds :class:`~protohead.TReX` and :meth:`transform_kwargs` feeds
-    :class:`~protohead.MultiCropTransform`; :meth:`replace` derives a variant (e.g. smaller
-    crops for 28 px images) without touching the original.
+    A preset *is* a :class:`~protohead.augment.config.MultiCropConfig` (the multi-crop
+    settings, declared and checked there once) plus the model settings below.
+    :meth:`model_kwargs` feeds :class:`~protohead.TReX`, :meth:`multicrop_config` feeds
+    :class:`~protohead.MultiCropTransform` and :class:`~protohead.BatchedMultiCrop`;
+    :meth:`replace` derives a variant (e.g. smaller crops for 28 px images) without touching
+    the original.
 
     Attributes:
         name: Preset name.
@@ -26,17 +32,9 @@ class TReXPreset:
         temperature: Cosine-softmax temperature, or ``None`` for a linear classifier.
         memory_size: OCM memory slots; ``0`` learns the class weights instead.
         ema_momentum: Momentum of the EMA teacher that fills the memory.
-        num_global_crops: Global crops per image (the teacher sees these).
-        num_local_crops: Local crops per image.
-        global_crop_size: Side of a global crop in pixels.
-        local_crop_size: Side of a local crop in pixels.
-        global_crop_scale: Area range of a global crop, as a fraction of the image.
-        local_crop_scale: Area range of a local crop.
-        color_jitter_p: Probability of colour jitter.
-        grayscale_p: Probability of grayscale.
-        global_blur_p: Probability of blur on global crops.
-        local_blur_p: Probability of blur on local crops.
-        global_solarize_p: Probability of solarize on global crops.
+        num_global_crops .. interpolation: The multi-crop settings, see
+            :class:`~protohead.augment.config.MultiCropConfig` (the teacher sees the global
+            crops).
 
     Example:
         >>> preset = get_preset("trex-star")
@@ -54,17 +52,6 @@ class TReXPreset:
     temperature: float | None = 0.1
     memory_size: int = 8192
     ema_momentum: float = 0.999
-    num_global_crops: int = 1
-    num_local_crops: int = 8
-    global_crop_size: int = 224
-    local_crop_size: int = 96
-    global_crop_scale: tuple[float, float] = (0.25, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.25)
-    color_jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    global_blur_p: float = 0.2
-    local_blur_p: float = 0.5
-    global_solarize_p: float = 0.2
 
     def replace(self, **overrides: Any) -> TReXPreset:
         """A copy with some fields changed.
@@ -77,6 +64,18 @@ class TReXPreset:
         if unknown:
             raise ValueError(f"overrides must be preset fields {sorted(fields)}, got {unknown}")
         return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain Python values (enums by value), e.g. for a checkpoint.
+
+        Example:
+            >>> get_preset("trex").to_dict()["interpolation"]
+            'bicubic'
+        """
+        return {
+            name: value.value if isinstance(value, Enum) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~protohead.TReX` (besides backbone/num_classes)."""
@@ -92,25 +91,9 @@ class TReXPreset:
         }
 
     def transform_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`~protohead.MultiCropTransform`."""
-        return {
-            "num_global_crops": self.num_global_crops,
-            "num_local_crops": self.num_local_crops,
-            "global_crop_size": self.global_crop_size,
-            "local_crop_size": self.local_crop_size,
-            "global_crop_scale": self.global_crop_scale,
-            "local_crop_scale": self.local_crop_scale,
-            "color_jitter_p": self.color_jitter_p,
-            "grayscale_p": self.grayscale_p,
-            "global_blur_p": self.global_blur_p,
-            "local_blur_p": self.local_blur_p,
-            "global_solarize_p": self.global_solarize_p,
-        }
-
-    @property
-    def num_crops(self) -> int:
-        """Crops per image."""
-        return self.num_global_crops + self.num_local_crops
+        """The multi-crop settings as keyword arguments of
+        :class:`~protohead.MultiCropTransform` (prefer passing :meth:`multicrop_config`)."""
+        return {name: getattr(self, name) for name in MultiCropConfig.field_names()}
 
 
 PRESETS: dict[str, TReXPreset] = {

@@ -235,7 +235,7 @@ def test_public_name_is_in_the_api_reference(name):
     )
 
 
-WINGS = ("protohead.augment", "protohead.data", "protohead.train", "protohead.evaluation")
+WINGS = sorted(f"protohead.{p.parent.name}" for p in (ROOT / "protohead").glob("*/__init__.py"))
 WING_NAMES = [(wing, name) for wing in WINGS for name in importlib.import_module(wing).__all__]
 
 
@@ -430,7 +430,7 @@ API_PAGES_0_1 = [
 
 def _redirects() -> dict[str, str]:
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    block = re.search(r"^[ \t]+redirect_maps:\n((?:[ \t]+\S+\.md: \S+\n)+)", config, re.M)
+    block = re.search(r"^[ \t]+redirect_maps:\n((?:[ \t]+(?:#.*|\S+\.md: \S+)\n)+)", config, re.M)
     assert block is not None, "mkdocs.yml: no redirect_maps"
     return dict(re.findall(r"^[ \t]+(\S+\.md): (\S+)$", block.group(1), flags=re.M))
 

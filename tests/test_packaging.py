@@ -209,6 +209,9 @@ def test_sdist_tests_collect(dists, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert not re.search(r"\berrors?\b", output.splitlines()[-1]), output[-5000:]
-    collected = {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
     test_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("test_*.py")}
-    assert test_files <= collected, f"not in the sdist or not collected: {test_files - collected}"
+    shipped = {p.relative_to(unpacked).as_posix() for p in (unpacked / "tests").rglob("test_*.py")}
+    assert test_files <= shipped, f"not in the sdist: {test_files - shipped}"
+    # A file may skip itself when collected from an sdist (tests of repository-only files).
+    collected = {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
+    assert len(collected) > len(test_files) // 2, result.stdout[-3000:]

@@ -19,41 +19,19 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
 from protohead.augment import kernels
+from protohead.augment.config import MultiCropConfig
 from protohead.augment.image_batch import as_image_batch, valid_region_float
 from protohead.augment.kernels import crop_resize
-from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform
+from protohead.augment.multicrop import MultiCropTransform
 from protohead.augment.params import CropParams, MultiCropParams, check_params, sample_crop_params
 
 __all__ = ["BatchedMultiCrop"]
 
-# Constructor arguments shared with MultiCropTransform, kept as attributes of the same name.
-_SHARED = (
-    "num_global_crops",
-    "num_local_crops",
-    "global_crop_size",
-    "local_crop_size",
-    "global_crop_scale",
-    "local_crop_scale",
-    "ratio",
-    "mean",
-    "std",
-    "flip_p",
-    "color_jitter",
-    "color_jitter_p",
-    "grayscale_p",
-    "global_blur_p",
-    "local_blur_p",
-    "blur_sigma",
-    "global_solarize_p",
-    "local_solarize_p",
-    "interpolation",
-)
+_SETTINGS = frozenset(MultiCropConfig.field_names())
 _RESAMPLED = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+_OPTIONS = frozenset({"output_dtype", "channels_last", "cpu_chunk_size", "fuse"})
 # Read-only after __init__ (_mean, _std and blur_kernel_size are derived from the settings).
-_FROZEN = frozenset(
-    {*_SHARED, "output_dtype", "channels_last", "cpu_chunk_size", "fuse", "blur_kernel_size"}
-    | {"_mean", "_std", "_frozen"}
-)
+_FROZEN = _SETTINGS | _OPTIONS | {"config", "blur_kernel_size", "_mean", "_std", "_frozen"}
 
 
 class BatchedMultiCrop(nn.Module):
@@ -84,8 +62,10 @@ class BatchedMultiCrop(nn.Module):
     num_local_crops * [(b, 3, local_crop_size, local_crop_size)]``.
 
     Args:
-        num_global_crops .. interpolation: As ``MultiCropTransform`` (same names, defaults,
-            ranges and errors); ``interpolation`` must be BILINEAR or BICUBIC.
+        config: The multi-crop settings (:class:`~protohead.augment.config.MultiCropConfig`,
+            shared with ``MultiCropTransform``); ``None`` uses its defaults. ``interpolation``
+            must be BILINEAR or BICUBIC. Each setting reads through as an attribute of the same
+            name, e.g. ``augmenter.num_local_crops``.
         output_dtype: Floating dtype of the outputs (e.g. ``torch.bfloat16``).
         channels_last: Return outputs in ``torch.channels_last`` memory format.
         cpu_chunk_size: Images processed together on a CPU device, >= 1, so temporaries
@@ -97,6 +77,7 @@ class BatchedMultiCrop(nn.Module):
             Triton on CUDA). The first call of each crop size compiles (tens of seconds);
             later calls reuse it. Ignored on the CPU. Results agree with ``fuse=False`` up to
             float rounding.
+        **settings: Settings to change, by their ``MultiCropConfig`` names.
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -111,82 +92,23 @@ class BatchedMultiCrop(nn.Module):
         [(4, 3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16)]
     """
 
-    # Set in __init__ from the MultiCropTransform arguments of the same names (_SHARED).
-    num_global_crops: int
-    num_local_crops: int
-    global_crop_size: int
-    local_crop_size: int
-    global_crop_scale: tuple[float, float]
-    local_crop_scale: tuple[float, float]
-    ratio: tuple[float, float]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    flip_p: float
-    color_jitter: tuple[float, ...]
-    color_jitter_p: float
-    grayscale_p: float
-    global_blur_p: float
-    local_blur_p: float
-    blur_sigma: tuple[float, float]
-    global_solarize_p: float
-    local_solarize_p: float
-    interpolation: InterpolationMode
-
     def __init__(
         self,
+        config: MultiCropConfig | None = None,
+        /,
         *,
-        num_global_crops: int = 1,
-        num_local_crops: int = 8,
-        global_crop_size: int = 224,
-        local_crop_size: int = 96,
-        global_crop_scale: tuple[float, float] = (0.25, 1.0),
-        local_crop_scale: tuple[float, float] = (0.05, 0.25),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        flip_p: float = 0.5,
-        color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-        color_jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        global_blur_p: float = 0.2,
-        local_blur_p: float = 0.5,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        global_solarize_p: float = 0.2,
-        local_solarize_p: float = 0.0,
-        interpolation: InterpolationMode = InterpolationMode.BICUBIC,
         output_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         cpu_chunk_size: int = 4,
         fuse: bool = False,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        # The CPU transform validates and normalises the shared arguments, so both accept and
-        # reject exactly the same settings with the same messages.
-        reference = MultiCropTransform(
-            num_global_crops=num_global_crops,
-            num_local_crops=num_local_crops,
-            global_crop_size=global_crop_size,
-            local_crop_size=local_crop_size,
-            global_crop_scale=global_crop_scale,
-            local_crop_scale=local_crop_scale,
-            ratio=ratio,
-            mean=mean,
-            std=std,
-            flip_p=flip_p,
-            color_jitter=color_jitter,
-            color_jitter_p=color_jitter_p,
-            grayscale_p=grayscale_p,
-            global_blur_p=global_blur_p,
-            local_blur_p=local_blur_p,
-            blur_sigma=blur_sigma,
-            global_solarize_p=global_solarize_p,
-            local_solarize_p=local_solarize_p,
-            interpolation=interpolation,
-        )
-        if reference.interpolation not in _RESAMPLED:
+        resolved = MultiCropConfig.resolve(config, settings)
+        if resolved.interpolation not in _RESAMPLED:
             raise ValueError(
                 "interpolation must be InterpolationMode.BILINEAR or BICUBIC for BatchedMultiCrop, "
-                f"got {interpolation!r}"
+                f"got {resolved.interpolation!r}"
             )
         if not isinstance(output_dtype, torch.dtype):
             raise TypeError(f"output_dtype must be a torch.dtype, got {output_dtype!r}")
@@ -200,8 +122,7 @@ class BatchedMultiCrop(nn.Module):
             raise TypeError(f"cpu_chunk_size must be an int, got {cpu_chunk_size!r}")
         if cpu_chunk_size < 1:
             raise ValueError(f"cpu_chunk_size must be >= 1, got {cpu_chunk_size}")
-        for name in _SHARED:  # validated and normalised by the reference
-            setattr(self, name, getattr(reference, name))
+        self.config = resolved
         self.output_dtype = output_dtype
         self.channels_last = channels_last
         self.cpu_chunk_size = cpu_chunk_size
@@ -213,6 +134,11 @@ class BatchedMultiCrop(nn.Module):
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self._frozen = True
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SETTINGS:  # the settings read through from the config
+            return getattr(self.__dict__["config"], name)
+        return super().__getattr__(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._check_mutable(name, "set")
@@ -246,24 +172,18 @@ class BatchedMultiCrop(nn.Module):
             raise TypeError(
                 f"transform must be a MultiCropTransform, got {type(transform).__name__}"
             )
-        allowed = {*_SHARED, "output_dtype", "channels_last", "cpu_chunk_size", "fuse"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise TypeError(f"unknown overrides {unknown}; allowed: {sorted(allowed)}")
-        kwargs: dict[str, object] = {name: getattr(transform, name) for name in _SHARED}
-        kwargs.update(overrides)
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(transform.config, **overrides)  # type: ignore[arg-type]
 
     @property
     def num_crops(self) -> int:
         """Total number of crops per image: ``num_global_crops + num_local_crops``."""
-        return self.num_global_crops + self.num_local_crops
+        return self.config.num_crops
 
     def extra_repr(self) -> str:
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in _SHARED)
         return (
-            f"{args}, output_dtype={self.output_dtype}, channels_last={self.channels_last}, "
-            f"cpu_chunk_size={self.cpu_chunk_size}, fuse={self.fuse}"
+            f"{self.config!r}, output_dtype={self.output_dtype}, "
+            f"channels_last={self.channels_last}, cpu_chunk_size={self.cpu_chunk_size}, "
+            f"fuse={self.fuse}"
         )
 
     def sample_params(

@@ -15,7 +15,13 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from protohead import _transform_checks as check
+from protohead import _validation as check
+from protohead.augment.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropConfig,
+    check_interpolation,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -24,28 +30,8 @@ __all__ = [
     "eval_transform",
 ]
 
-IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
-
-# Modes every op supports on both the PIL and the tensor path (BOX/HAMMING/LANCZOS are PIL-only).
-_INTERPOLATIONS: Final = (
-    InterpolationMode.NEAREST,
-    InterpolationMode.NEAREST_EXACT,
-    InterpolationMode.BILINEAR,
-    InterpolationMode.BICUBIC,
-)
 _SOLARIZE_THRESHOLD: Final = 128
 _ImageLike = Image.Image | torch.Tensor
-
-
-def _interpolation(value: object) -> InterpolationMode:
-    allowed = ", ".join(m.name for m in _INTERPOLATIONS)
-    message = f"interpolation must be an InterpolationMode in {{{allowed}}}, got {value!r}"
-    if not isinstance(value, InterpolationMode):
-        raise TypeError(message)
-    if value not in _INTERPOLATIONS:
-        raise ValueError(message)
-    return value
 
 
 def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[Callable[[Any], Any]]:
@@ -129,34 +115,20 @@ class MultiCropTransform:
     ``(3, h, w)``, all global crops first, then the local crops. The input is never modified.
     Randomness comes from torch's global generator (seed it with ``torch.manual_seed``).
 
-    Every constructor argument is kept as a read-only attribute of the same name (e.g. for a
-    batched GPU augmenter); the instance is immutable, build a new one to change settings.
+    The settings come from a :class:`~protohead.augment.config.MultiCropConfig` (its fields are
+    the keyword arguments, with the same names, defaults and ranges) and each reads through as
+    an attribute of the same name, e.g. ``transform.global_crop_size``. The instance is
+    immutable: build a new one to change settings.
 
     Args:
-        num_global_crops: Number of global crops, >= 1.
-        num_local_crops: Number of local crops, >= 0.
-        global_crop_size: Side of the square global crops, >= 1.
-        local_crop_size: Side of the square local crops, >= 1.
-        global_crop_scale: Area fraction range of global crops, 0 < lo <= hi <= 1.
-        local_crop_scale: Area fraction range of local crops, 0 < lo <= hi <= 1.
-        ratio: Aspect ratio range of the crops, 0 < lo <= hi.
-        mean: Per-channel normalisation mean, 3 finite numbers.
-        std: Per-channel normalisation std, 3 numbers > 0.
-        flip_p: Horizontal flip probability in [0, 1].
-        color_jitter: ``(brightness, contrast, saturation, hue)`` strengths; the first three
-            >= 0, hue in [0, 0.5].
-        color_jitter_p: Probability of applying the colour jitter, in [0, 1].
-        grayscale_p: Probability of converting to grayscale, in [0, 1].
-        global_blur_p: Blur probability for global crops, in [0, 1].
-        local_blur_p: Blur probability for local crops, in [0, 1].
-        blur_sigma: Blur sigma range, 0 < lo <= hi.
-        global_solarize_p: Solarize probability for global crops, in [0, 1].
-        local_solarize_p: Solarize probability for local crops, in [0, 1].
-        interpolation: Resize interpolation; NEAREST, NEAREST_EXACT, BILINEAR or BICUBIC.
+        config: The settings; ``None`` uses :class:`~protohead.augment.config.MultiCropConfig`'s
+            defaults.
+        **settings: Settings to change, by their ``MultiCropConfig`` names (e.g.
+            ``num_local_crops=2``).
 
     Raises:
-        TypeError: If an argument has the wrong type, or ``image`` is not a PIL image or a
-            uint8 tensor (raised by ``__call__``).
+        TypeError: If a setting is unknown or has the wrong type, or ``image`` is not a PIL
+            image or a uint8 tensor (raised by ``__call__``).
         ValueError: If an argument is out of range, or ``image`` has a bad shape.
 
     Example:
@@ -169,56 +141,18 @@ class MultiCropTransform:
 
     _frozen: bool = False
 
-    def __init__(
-        self,
-        *,
-        num_global_crops: int = 1,
-        num_local_crops: int = 8,
-        global_crop_size: int = 224,
-        local_crop_size: int = 96,
-        global_crop_scale: tuple[float, float] = (0.25, 1.0),
-        local_crop_scale: tuple[float, float] = (0.05, 0.25),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        flip_p: float = 0.5,
-        color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-        color_jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        global_blur_p: float = 0.2,
-        local_blur_p: float = 0.5,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        global_solarize_p: float = 0.2,
-        local_solarize_p: float = 0.0,
-        interpolation: InterpolationMode = InterpolationMode.BICUBIC,
-    ) -> None:
+    def __init__(self, config: MultiCropConfig | None = None, /, **settings: Any) -> None:
         # An exception here discards the half-built object, so nobody can observe it.
-        self.num_global_crops = check.integer("num_global_crops", num_global_crops, 1)
-        self.num_local_crops = check.integer("num_local_crops", num_local_crops, 0)
-        self.global_crop_size = check.integer("global_crop_size", global_crop_size, 1)
-        self.local_crop_size = check.integer("local_crop_size", local_crop_size, 1)
-        self.global_crop_scale = check.interval("global_crop_scale", global_crop_scale, 1.0)
-        self.local_crop_scale = check.interval("local_crop_scale", local_crop_scale, 1.0)
-        self.ratio = check.interval("ratio", ratio, None)
-        self.mean, self.std = check.mean_std(mean, std)
-        self.flip_p = check.probability("flip_p", flip_p)
-        self.color_jitter = check.reals("color_jitter", color_jitter, 4)
-        if min(self.color_jitter[:3]) < 0.0 or not 0.0 <= self.color_jitter[3] <= 0.5:
-            raise ValueError(
-                "color_jitter must be (brightness, contrast, saturation, hue) with the first "
-                f"three >= 0 and hue in [0, 0.5], got {self.color_jitter}"
-            )
-        self.color_jitter_p = check.probability("color_jitter_p", color_jitter_p)
-        self.grayscale_p = check.probability("grayscale_p", grayscale_p)
-        self.global_blur_p = check.probability("global_blur_p", global_blur_p)
-        self.local_blur_p = check.probability("local_blur_p", local_blur_p)
-        self.blur_sigma = check.interval("blur_sigma", blur_sigma, None)
-        self.global_solarize_p = check.probability("global_solarize_p", global_solarize_p)
-        self.local_solarize_p = check.probability("local_solarize_p", local_solarize_p)
-        self.interpolation = _interpolation(interpolation)
+        self.config = MultiCropConfig.resolve(config, settings)
         self._global = self._pipeline("global")
         self._local = self._pipeline("local")
         self._frozen = True
+
+    def __getattr__(self, name: str) -> Any:
+        # Each setting reads through from the config, e.g. ``transform.global_crop_size``.
+        if name != "config" and name in MultiCropConfig.field_names():
+            return getattr(self.config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _pipeline(self, kind: str) -> Any:
         size, scale = getattr(self, f"{kind}_crop_size"), getattr(self, f"{kind}_crop_scale")
@@ -244,7 +178,7 @@ class MultiCropTransform:
     @property
     def num_crops(self) -> int:
         """Total number of crops per image: ``num_global_crops + num_local_crops``."""
-        return self.num_global_crops + self.num_local_crops
+        return self.config.num_crops
 
     def __call__(self, image: Image.Image | torch.Tensor) -> list[torch.Tensor]:
         """Returns ``num_crops`` views of ``image``, ``(c, h, w) -> [(3, s, s)] * num_crops``."""
@@ -261,8 +195,7 @@ class MultiCropTransform:
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:
-        args = ",\n".join(f"    {k}={v!r}" for k, v in vars(self).items() if k[0] != "_")
-        return f"{type(self).__name__}(\n{args},\n)"
+        return f"{type(self).__name__}({self.config!r})"
 
 
 class _EvalTransform:
@@ -317,7 +250,7 @@ def eval_transform(
     resize = round(crop * 256 / 224) if resize_size is None else resize_size
     resize = check.integer("resize_size", resize, crop)
     m, s = check.mean_std(mean, std)
-    mode = _interpolation(interpolation)
+    mode = check_interpolation(interpolation)
     steps = [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
     steps += _to_float(m, s)
     description = (

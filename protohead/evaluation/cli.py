@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from protohead.backbone import BackboneAdapter
 from protohead.data.class_subset import parse_classes
 from protohead.data.errors import DatasetUnavailableError
 from protohead.evaluation.cache import FeatureCache, model_checksum
@@ -58,6 +59,7 @@ from protohead.evaluation.report import (
     write_json,
 )
 from protohead.evaluation.search import SearchConfig, linear_probe
+from protohead.pretrained import list_pretrained, load_pretrained, pretrained_info
 
 __all__ = ["build_parser", "main", "parse_classes"]
 
@@ -87,10 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Linear-probe transfer evaluation of a frozen backbone (t-ReX protocol).",
         epilog="Plot several reports: python -m protohead.evaluation plot A.json B.json --out F",
     )
-    model = p.add_argument_group("model (one of --arch or --checkpoint)")
+    model = p.add_argument_group("model (one of --arch, --checkpoint or --pretrained)")
     source = model.add_mutually_exclusive_group(required=True)
     source.add_argument("--arch", help="torchvision name or timm:<name>, e.g. resnet50")
     source.add_argument("--checkpoint", help="protohead training checkpoint (model + args)")
+    source.add_argument(
+        "--pretrained",
+        choices=list_pretrained(),
+        metavar="NAME",
+        help="released t-ReX weights by name, downloaded (CC BY-NC-SA 4.0); one of "
+        f"{', '.join(list_pretrained())}",
+    )
     model.add_argument("--weights", help="backbone.pth state_dict for --arch")
     model.add_argument("--small-input-stem", action="store_true", help="small-image stem")
     model.add_argument("--name", help="model label in the report (default: arch/file name)")
@@ -98,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-top1",
         type=float,
         help="training-task top-1 in [0, 1], for the report and plot (default: read from "
-        "a --checkpoint, see checkpoint_task_top1)",
+        "a --checkpoint, see checkpoint_task_top1; the authors' reported one for --pretrained)",
     )
 
     data = p.add_argument_group("datasets")
@@ -219,6 +228,12 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, str, float | None]
             raise ValueError("--weights and --small-input-stem go with --arch, not --checkpoint")
         backbone, _ = load_checkpoint_backbone(args.checkpoint)
         return backbone, Path(args.checkpoint).stem, checkpoint_task_top1(args.checkpoint)
+    if args.pretrained is not None:
+        if args.weights is not None or args.small_input_stem:
+            raise ValueError("--weights and --small-input-stem go with --arch, not --pretrained")
+        resnet = load_pretrained(args.pretrained, progress=not (args.no_progress or args.quiet))
+        reported_top1 = pretrained_info(args.pretrained).imagenet_top1 / 100
+        return BackboneAdapter(resnet), args.pretrained, reported_top1
     if args.weights is None:
         logger.warning("no --weights given: evaluating a randomly initialised %s", args.arch)
     backbone = load_backbone(args.arch, args.weights, small_input_stem=args.small_input_stem)

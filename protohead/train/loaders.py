@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from torchvision.transforms import v2
 
-from protohead.augment import MultiCropTransform, eval_transform
+from protohead.augment import BatchedMultiCrop, MultiCropTransform, eval_transform
 from protohead.data import (
     SkipBadCollate,
     build_datasets,
@@ -41,7 +41,7 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
     """Training (multi-crop, or decoded uint8 with ``--gpu-aug``), validation and BatchNorm
     recalibration loaders, sharded over the ranks of ``info``."""
     stats = dataset_info(args.dataset)
-    multicrop = MultiCropTransform(**preset.transform_kwargs(), mean=stats.mean, std=stats.std)
+    multicrop = MultiCropTransform(preset.multicrop_config(), mean=stats.mean, std=stats.std)
     val_crop = args.val_crop_size or preset.global_crop_size
     val_resize = args.val_resize_size
     if val_resize is None and args.small_images:
@@ -122,10 +122,6 @@ def build_gpu_aug(
     """The ``--gpu-aug`` augmenter matching ``multicrop``, on ``device``; None without the flag."""
     if not args.gpu_aug:
         return None
-    try:
-        from protohead.augment.batched import BatchedMultiCrop
-    except ImportError as err:
-        raise SystemExit(f"--gpu-aug needs protohead.augment.batched ({err})") from err
     fuse = args.gpu_aug_fuse == "on" or (args.gpu_aug_fuse == "auto" and device.type == "cuda")
     aug: nn.Module = BatchedMultiCrop.from_transform(
         multicrop,

@@ -9,7 +9,6 @@ readable and a re-run resumes cleanly; TensorBoard's event files are appended by
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -81,7 +80,7 @@ def checkpoint_state(
         "epoch": epoch,
         "step": scheduler.num_steps,
         "args": args_dict(args),
-        "preset": dataclasses.asdict(preset),
+        "preset": preset.to_dict(),
         "metrics": metrics,  # the epoch's metrics.jsonl record (val_top1 in %)
         # Every rank's generators, so a resumed distributed run continues each rank's streams.
         "rng": all_gather_objects(get_rng_state()),

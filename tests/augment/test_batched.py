@@ -257,7 +257,7 @@ def test_from_transform_copies_every_setting() -> None:
         assert getattr(aug, name) == getattr(t, name)
     assert aug.output_dtype == torch.float16 and aug.num_crops == t.num_crops == 5
     assert BatchedMultiCrop.from_transform(t, num_local_crops=2).num_local_crops == 2
-    with pytest.raises(TypeError, match=r"unknown overrides \['colour'\]"):
+    with pytest.raises(TypeError, match=r"unknown settings \['colour'\]"):
         BatchedMultiCrop.from_transform(t, colour=1)
     with pytest.raises(TypeError, match="transform must be a MultiCropTransform, got dict"):
         BatchedMultiCrop.from_transform({})  # type: ignore[arg-type]

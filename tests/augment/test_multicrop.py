@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import pickle
@@ -15,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from protohead.augment.config import MultiCropConfig
 from protohead.augment.multicrop import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -325,12 +327,11 @@ def test_bad_image_raises(image: object, error: type[Exception], match: str) -> 
 
 def test_attributes_repr_pickle_and_immutability() -> None:
     t = MultiCropTransform(num_local_crops=0, local_solarize_p=0.25, mean=[0.5, 0.5, 0.5])
-    params = inspect.signature(MultiCropTransform).parameters
-    for name, param in params.items():
-        value = getattr(t, name)
-        assert f"{name}={value!r}" in repr(t)
-        if name not in ("num_local_crops", "local_solarize_p", "mean"):
-            assert value == param.default, name
+    for field in dataclasses.fields(MultiCropConfig):
+        value = getattr(t, field.name)
+        assert f"{field.name}={value!r}" in repr(t)
+        if field.name not in ("num_local_crops", "local_solarize_p", "mean"):
+            assert value == field.default, field.name
     assert t.mean == (0.5, 0.5, 0.5)
     assert t.local_solarize_p == 0.25
     with pytest.raises(AttributeError, match=r"immutable.*'flip_p'"):
@@ -433,7 +434,22 @@ def test_multicrop_rejects_bad_argument(
 
 def test_every_multicrop_argument_is_validated() -> None:
     tested = {name for name, *_ in BAD_MULTICROP_ARGS}
-    assert tested == set(inspect.signature(MultiCropTransform).parameters)
+    assert tested == set(MultiCropConfig.field_names())
+
+
+def test_unknown_setting_and_wrong_config_type_are_rejected() -> None:
+    with pytest.raises(TypeError, match=r"unknown settings \['num_crops'\]; allowed: "):
+        MultiCropTransform(num_crops=3)
+    with pytest.raises(TypeError, match="config must be a MultiCropConfig, got dict"):
+        MultiCropTransform({"num_local_crops": 2})  # type: ignore[arg-type]
+
+
+def test_config_and_overrides_compose() -> None:
+    config = MultiCropConfig(num_local_crops=2, local_crop_size=16)
+    t = MultiCropTransform(config, global_crop_size=32)
+    assert t.config == config.replace(global_crop_size=32)
+    assert MultiCropTransform(config).config is config  # no copy without overrides
+    assert [c.shape[-1] for c in t(torch.zeros(3, 40, 40, dtype=torch.uint8))] == [32, 16, 16]
 
 
 BAD_EVAL_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [

@@ -1,7 +1,9 @@
-"""Argument checks shared by the multi-crop transforms (internal).
+"""Argument checks shared by every protohead module (internal).
 
 Each returns the normalised value or raises a ``TypeError`` (wrong type) or ``ValueError``
-(wrong value) naming the argument, the value and what is allowed.
+(wrong value) naming the argument, the value and what is allowed, so that every constructor
+and function reports a bad argument the same way. Modules import it as
+``from protohead import _validation as check`` and call ``check.integer(...)`` etc.
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ def real(name: str, value: object) -> float:
     return out
 
 
-def integer(name: str, value: object, minimum: int) -> int:
+def integer(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """``value`` as an int in ``[minimum, maximum]`` (bools are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        if maximum is None:
+            allowed = f">= {minimum}"
+        elif minimum is None:
+            allowed = f"<= {maximum}"
+        else:
+            allowed = f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}, got {number}")
+    return number
+
+
+def boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
 
 
 def probability(name: str, value: object) -> float:

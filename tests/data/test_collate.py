@@ -69,5 +69,3 @@ def _crops(*sides: int) -> list[torch.Tensor]:
 def test_collate_rejects_bad_batches(batch: Any, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         multicrop_collate(batch)
-
-

@@ -47,7 +47,7 @@ def _wing(module: str) -> str:
     parts = module.split(".")
     return (
         parts[1]
-        if len(parts) > 1 and parts[1] in {"augment", "data", "train", "evaluation"}
+        if len(parts) > 1 and parts[1] in {"augment", "data", "train", "evaluation", "pretrained"}
         else ""
     )
 
@@ -69,6 +69,11 @@ def _violations() -> list[str]:
                 # The package root re-exports the augmenters and multicrop_collate for
                 # `import protohead as ph`; no core block depends on a wing.
                 continue
+            elif target == "pretrained" and wing in {"", "augment", "data"}:
+                bad.append(f"{module} imports {name}")
+            elif target in {"augment", "data"} and wing == "pretrained":
+                # The released weights need only the core blocks.
+                bad.append(f"{module} imports {name}")
             elif (target == "data" and wing in {"", "augment"}) or (
                 # A preset extends the multi-crop settings object (a leaf module); no other
                 # core module depends on the augmentation wing.

@@ -41,6 +41,7 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
+"""Class names of Fashion-MNIST, indexed by label."""
 
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

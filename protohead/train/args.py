@@ -19,6 +19,8 @@ from protohead.data.class_subset import parse_classes
 from protohead.presets import TReXPreset
 from protohead.train.small_images import small_image_preset
 
+__all__ = ["PRESET_FLAGS", "get_args_parser", "resolve_preset"]
+
 
 def _int_or_none(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
@@ -29,7 +31,6 @@ def _float_or_none(text: str) -> float | None:
 
 
 _AUG = "stronger augmentation helps transfer, may cost training-task accuracy"
-# Preset fields with a flag of the same name: (argument type, one-line trade-off).
 PRESET_FLAGS: dict[str, tuple[Any, str]] = {
     "projector_hidden_layers": (
         _int_or_none,
@@ -59,6 +60,8 @@ PRESET_FLAGS: dict[str, tuple[Any, str]] = {
     "local_blur_p": (float, f"probability of blur on local crops; {_AUG}"),
     "global_solarize_p": (float, f"probability of solarize on global crops; {_AUG}"),
 }
+"""Preset fields with a flag of the same name (``memory_size`` -> ``--memory-size``): field ->
+(argument type, one-line trade-off shown in ``--help``)."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,7 +73,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Command-line flags; every preset value can be overridden by its own flag."""
+    """Command-line flags; every preset value can be overridden by its own flag.
+
+    Args:
+        add_help: Add ``-h/--help`` (False to embed the flags in another parser).
+
+    Returns:
+        The parser of ``protohead-train``; pass its result to :func:`resolve_preset`.
+
+    Example:
+        >>> args = get_args_parser().parse_args(["--dataset", "cifar10", "--preset", "trex-star"])
+        >>> args.preset, args.epochs, args.batch_size
+        ('trex-star', 100, 64)
+    """
     parser = argparse.ArgumentParser(
         prog="protohead-train",
         description="t-ReX / t-ReX* training (Sariyildiz et al., ICLR 2023)",
@@ -349,7 +364,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def resolve_preset(args: argparse.Namespace) -> TReXPreset:
-    """The ``--preset`` configuration after ``--small-images`` and every override flag."""
+    """The ``--preset`` configuration after ``--small-images`` and every override flag.
+
+    Args:
+        args: Parsed flags of :func:`get_args_parser`.
+
+    Returns:
+        The preset, with only the flags given on the command line overriding it.
+
+    Example:
+        >>> parser = get_args_parser()
+        >>> preset = resolve_preset(parser.parse_args(["--preset", "trex", "--memory-size", "0"]))
+        >>> preset.memory_size, preset.temperature, preset.num_local_crops
+        (0, 0.1, 8)
+    """
     preset = get_preset(args.preset)
     if args.small_images:
         size = dataset_info(args.dataset).image_size

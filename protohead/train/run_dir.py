@@ -52,9 +52,17 @@ from protohead.train.optim import WarmupCosineLR
 from protohead.train.usage import UsageError
 from protohead.train.weights import describe_mismatch
 
+# The trainer's other helpers here (resume, per-epoch saving, metrics records) take its parsed
+# flags and are internal to it; the file names and the exported backbone are the public contract.
+__all__ = ["BACKBONE", "CHECKPOINT", "METRICS", "export_backbone"]
+
 CHECKPOINT = "checkpoint.pth"
+"""The latest checkpoint of a run (model, optimiser, schedule, RNG states, flags); a re-run with the
+same ``--output-dir`` resumes from it. ``--save-every N`` also keeps ``checkpoint_epoch<N>.pth``."""
 METRICS = "metrics.jsonl"
+"""One JSON record per finished epoch (losses, top-1/top-5 in %, learning rate, images/s)."""
 BACKBONE = "backbone.pth"
+"""The student backbone's state_dict written at the end of a run (see :func:`export_backbone`)."""
 
 logger = logging.getLogger("protohead.train")
 
@@ -341,6 +349,27 @@ def save_epoch(
 
 def export_backbone(model: TReX, output_dir: Path) -> Path:
     """Write the student backbone's weights (CPU, contiguous) as ``<output_dir>/backbone.pth``:
-    a torchvision/timm state_dict without the classifier; projector and memory are dropped."""
+    a torchvision/timm state_dict without the classifier; projector and memory are dropped.
+
+    Args:
+        model: The trained model (its student backbone is exported, not the EMA teacher).
+        output_dir: Existing run directory.
+
+    Returns:
+        The path written, atomically.
+
+    Example:
+        >>> import tempfile, torchvision
+        >>> from protohead import TReX
+        >>> model = TReX("resnet18", 10, projector_hidden_dim=8, memory_size=16)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     path = export_backbone(model, Path(out))
+        ...     weights = torch.load(path)
+        >>> path.name
+        'backbone.pth'
+        >>> result = torchvision.models.resnet18().load_state_dict(weights, strict=False)
+        >>> sorted(result.missing_keys), result.unexpected_keys
+        (['fc.bias', 'fc.weight'], [])
+    """
     backbone = {k: v.detach().cpu().contiguous() for k, v in model.backbone_state_dict().items()}
     return save_checkpoint(backbone, output_dir / BACKBONE)

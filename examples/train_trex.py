@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from protohead import TReX
+from protohead.batched_decode import BatchedDecoder
 from protohead.batchnorm import recalibrate_batchnorm
 from protohead.launch import (
     DistributedInfo,
@@ -48,7 +49,7 @@ from protohead.optim import WarmupCosineLR, param_groups, scaled_lr
 from protohead.seeding import sample_seed, seed_everything
 
 from trex_args import PRESET_FLAGS, get_args_parser, resolve_preset
-from trex_data import build_gpu_aug, build_loaders
+from trex_data import build_decoder, build_gpu_aug, build_loaders
 from trex_state import (
     CHECKPOINT,
     checkpoint_state,
@@ -117,6 +118,9 @@ def _prepare(
 ) -> list[Tensor]:
     """Move a batch to the device (and augment it there with ``--gpu-aug``)."""
     if gpu_aug is not None:
+        if isinstance(inputs, tuple):  # (padded batch, sizes), decoded on the device
+            decoded: list[Tensor] = gpu_aug(*inputs, generator=generator)
+            return decoded
         if isinstance(inputs, Tensor):
             images: Tensor | list[Tensor] = inputs.to(device, non_blocking=True)
         else:
@@ -143,12 +147,15 @@ def train_one_epoch(
     gpu_aug: nn.Module | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
+    decoder: BatchedDecoder | None = None,
 ) -> dict[str, float]:
     """One epoch of ``steps`` iterations; returns the epoch's mean metrics (all ranks).
 
     ``train_model`` is ``model`` or its DDP wrapper. Loss and accuracy are accumulated on the
     device and read only every ``--print-freq`` steps and at the end, where a non-finite loss
-    raises :class:`NonFiniteLossError` before anything is saved.
+    raises :class:`NonFiniteLossError` before anything is saved. With ``decoder``
+    (``--decode batched``) the loader yields file bytes, decoded here on the device; files it
+    drops (``--skip-bad-images``) count as skipped like those the loader drops.
     """
     model.train()
     # Device-side sums (loss x images, correct); image counts stay on the host, since creating
@@ -164,6 +171,10 @@ def train_one_epoch(
     iterator: Iterator[Any] = iter(progress)
     for step in range(steps):
         inputs, labels, num_bad = next(iterator)
+        if decoder is not None:  # file bytes -> padded uint8 batch on the device
+            batch = decoder(inputs, labels)
+            inputs, labels = (batch.images, batch.sizes), batch.labels
+            num_bad += batch.skipped
         skipped += num_bad
         labels = labels.to(device, non_blocking=True)
         crops = _prepare(inputs, device, gpu_aug, generator, args.channels_last)
@@ -285,6 +296,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("give --dataset NAME or --data-dir PATH (ImageFolder train/ and val/)")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise SystemExit(f"--data-dir {str(args.data_dir)!r} does not exist")
+    if args.decode == "batched" and args.data_dir is None:
+        raise SystemExit(
+            "--decode batched decodes image files: give --data-dir (built-in datasets hold "
+            "pixels, use --gpu-aug for them)"
+        )
+    if args.decode_max_side < 0:
+        raise SystemExit(
+            f"--decode-max-side must be >= 0 (0: full size), got {args.decode_max_side}"
+        )
     info = init_distributed(args.device)
     try:
         return _train(args, info)
@@ -363,6 +383,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
     autocast_dtype = _autocast_dtype(args, device)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     gpu_aug = build_gpu_aug(args, multicrop, device, autocast_dtype)
+    decoder = build_decoder(args, device)
 
     checkpoint_path = output_dir / CHECKPOINT
     start_epoch = resume_run(args, info, model, optimizer, scheduler, scaler)
@@ -406,6 +427,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
                 gpu_aug=gpu_aug,
                 generator=generator,
                 show_progress=info.is_main,
+                decoder=decoder,
             )
         except NonFiniteLossError as err:
             kept = (

@@ -166,6 +166,25 @@ def _check_max_side(max_side: object) -> int | None:
     return max_side
 
 
+def _pad(images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """:func:`~protohead.image_batch.pad_images` in the decoders' memory layout.
+
+    libjpeg-turbo and PIL return ``(h, w, c)`` memory viewed as ``(c, h, w)``; copying that into a
+    contiguous batch transposes every pixel (a quarter of the decode's time). A channels-last
+    batch takes plain row copies instead, and the augmenter's float conversion, a full pass
+    anyway, reads either layout. nvJPEG's planar output keeps the contiguous layout.
+    """
+    if images[0].stride(0) != 1:
+        return pad_images(images)
+    h, w = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
+    device = images[0].device
+    batch = torch.zeros((len(images), h, w, 3), dtype=torch.uint8, device=device)
+    for k, image in enumerate(images):
+        batch[k, : image.shape[1], : image.shape[2]] = image.permute(1, 2, 0)
+    sizes = torch.tensor([list(i.shape[1:]) for i in images], dtype=torch.int64)
+    return batch.permute(0, 3, 1, 2), sizes.to(device, non_blocking=True)
+
+
 class DecodedImages(NamedTuple):
     """The readable images of a batch, decoded.
 
@@ -270,7 +289,8 @@ class DecodedBatch(NamedTuple):
     """A decoded, padded batch, as ``GPUMultiCrop.forward(images, sizes)`` takes it.
 
     Attributes:
-        images: uint8 ``(b, 3, h, w)``, each image top-left aligned and zero-padded.
+        images: uint8 ``(b, 3, h, w)``, each image top-left aligned and zero-padded
+            (channels-last in memory when the decoders' output is).
         sizes: int64 ``(b, 2)`` valid ``(h, w)`` of each image, on the images' device.
         labels: int64 ``(b,)`` labels of the kept images, on the labels' (host) device.
         skipped: Number of unreadable files dropped.
@@ -291,8 +311,8 @@ class DecodedBatch(NamedTuple):
 class BatchedDecoder:
     """Decodes batches of encoded files on a device into padded uint8 batches.
 
-    ``decoder(images, labels)`` is :func:`decode_images` followed by
-    :func:`~protohead.image_batch.pad_images`; the labels of dropped files are removed (on the
+    ``decoder(images, labels)`` is :func:`decode_images` followed by padding as
+    :func:`~protohead.image_batch.pad_images` does; the labels of dropped files are removed (on the
     host, where they are). Feed the result to the batched multi-crop augmenter:
     ``crops = aug(batch.images, batch.sizes, generator=generator)``.
 
@@ -345,7 +365,7 @@ class BatchedDecoder:
         decoded = decode_images(
             images, self.device, max_side=self.max_side, skip_bad_images=self.skip_bad_images
         )
-        batch, sizes = pad_images(decoded.images)
+        batch, sizes = _pad(decoded.images)
         if decoded.skipped:
             labels = labels[torch.tensor(decoded.kept, device=labels.device)]
         return DecodedBatch(batch, sizes, labels, len(decoded.skipped))

@@ -24,6 +24,7 @@ from protohead.batched_decode import BatchedDecoder, batchable_jpeg, decode_imag
 from protohead.data import UnreadableImageError
 from protohead.encoded_images import EncodedImage
 from protohead.gpu_multicrop import GPUMultiCrop
+from protohead.image_batch import pad_images
 from protohead.transforms import MultiCropTransform
 
 pytestmark = [
@@ -229,6 +230,15 @@ def test_corrupt_files_are_dropped_and_counted_when_skipping(tmp_path):
     assert int(batch.images[1, :, 8:].abs().sum()) == 0  # zero padding
     with pytest.raises(UnreadableImageError, match="all 2 images of a batch are unreadable"):
         decode_images([images[1], images[3]], skip_bad_images=True)
+
+
+def test_padded_batch_equals_pad_images_of_the_decoded_images():
+    files = [jpeg(20, 31, 0), encode(Image.fromarray(pixels(26, 12)), "PNG"), jpeg(9, 40, 2)]
+    decoded = decode_images(files)
+    expected, sizes = pad_images(decoded.images)
+    batch = BatchedDecoder("cpu")(files, torch.tensor([0, 1, 2]))
+    assert torch.equal(batch.images, expected) and torch.equal(batch.sizes, sizes)
+    assert batch.images.dtype == torch.uint8 and batch.sizes.dtype == torch.int64
 
 
 def test_max_side_shrinks_only_large_images_keeping_the_aspect():

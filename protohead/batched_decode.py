@@ -221,7 +221,8 @@ def decode_images(
 
     Args:
         images: Non-empty sequence of :class:`~protohead.encoded_images.EncodedImage` or 1-D
-            uint8 CPU tensors of file bytes.
+            uint8 CPU tensors of file bytes, e.g. an
+            :class:`~protohead.encoded_images.EncodedBatch`.
         device: Where to decode and return the images.
         max_side: Shrink images whose longer side exceeds it to that side (antialiased
             bilinear, aspect kept); bounds the padded batch's memory. ``None``: full size.

@@ -17,10 +17,11 @@ counts.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from protohead.data import CheckedImageFolder, SkippedSample, UnreadableImageErr
 from protohead.evaluation.image_list import ImageListDataset
 
 __all__ = [
+    "EncodedBatch",
     "EncodedImage",
     "EncodedImageDataset",
     "EncodedImageFolder",
@@ -58,6 +60,69 @@ class EncodedImage:
 
     data: Tensor
     path: str
+
+
+@dataclass(frozen=True)
+class EncodedBatch(Sequence[EncodedImage]):
+    """The encoded files of a batch, back to back in one buffer; a sequence of EncodedImage.
+
+    A DataLoader worker hands every tensor of a batch to the training process through its own
+    shared-memory file descriptor: a list of a few hundred per-image byte tensors, times the
+    batches in flight, exhausts the usual limit of 1024 open files ("Too many open files").
+    One buffer per batch takes one descriptor. Items are views into it (no copy).
+
+    Attributes:
+        data: All files' bytes, concatenated: a 1-D uint8 tensor.
+        ends: End offset of each file in ``data``.
+        paths: Each file's name.
+
+    Raises:
+        TypeError: If ``data`` is not a uint8 tensor.
+        ValueError: If ``ends`` and ``paths`` differ in length, ``ends`` does not increase
+            strictly, or ``data`` is not 1-D of length ``ends[-1]``.
+
+    Example:
+        >>> batch = EncodedBatch(torch.arange(5, dtype=torch.uint8), (2, 5), ("a.jpg", "b.png"))
+        >>> len(batch), batch[1].path, batch[1].data.tolist()
+        (2, 'b.png', [2, 3, 4])
+    """
+
+    data: Tensor
+    ends: tuple[int, ...]
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, Tensor) or self.data.dtype != torch.uint8:
+            got = self.data.dtype if isinstance(self.data, Tensor) else type(self.data).__name__
+            raise TypeError(f"data must be a uint8 tensor, got {got}")
+        if len(self.ends) != len(self.paths):
+            raise ValueError(
+                f"ends and paths must have one entry per file, got {len(self.ends)} ends and "
+                f"{len(self.paths)} paths"
+            )
+        if any(a >= b for a, b in itertools.pairwise((0, *self.ends))):
+            raise ValueError(f"ends must increase strictly (no empty file), got {self.ends[:8]}")
+        if self.data.ndim != 1 or (self.ends and self.ends[-1] != self.data.numel()):
+            raise ValueError(
+                f"data must be 1-D and end where the last file ends ({self.ends[-1:]}), got "
+                f"shape {tuple(self.data.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @overload
+    def __getitem__(self, index: int) -> EncodedImage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EncodedImage]: ...
+
+    def __getitem__(self, index: int | slice) -> EncodedImage | list[EncodedImage]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]  # IndexError when out of range, negative indices allowed
+        start = self.ends[i - 1] if i > 0 else 0
+        return EncodedImage(self.data[start : self.ends[i]], self.paths[i])
 
 
 def read_encoded(path: str | os.PathLike[str]) -> EncodedImage:
@@ -264,12 +329,13 @@ def as_encoded(dataset: Dataset[Any], *, skip_bad_images: bool | None = None) ->
 
 def encoded_collate(
     batch: Sequence[tuple[EncodedImage | Tensor, Any]],
-) -> tuple[list[EncodedImage | Tensor], Tensor]:
-    """Collate ``(encoded image, label)`` samples: the images stay a list, labels an int64 tensor.
+) -> tuple[EncodedBatch, Tensor]:
+    """Collate ``(encoded image, label)`` samples into an :class:`EncodedBatch` and int64 labels.
 
-    Images are :class:`EncodedImage` or bare non-empty 1-D uint8 tensors (then unnamed in
-    decoding errors). Compose with :class:`~protohead.data.SkipBadCollate` to drop unreadable
-    files, and decode the list with :class:`~protohead.batched_decode.BatchedDecoder`.
+    The images stay a sequence (of views into one buffer, see :class:`EncodedBatch` for why).
+    Images are :class:`EncodedImage` or bare non-empty 1-D uint8 tensors, named
+    ``<batch[j]>`` in decoding errors. Compose with :class:`~protohead.data.SkipBadCollate` to
+    drop unreadable files, and decode with :class:`~protohead.batched_decode.BatchedDecoder`.
 
     Raises:
         TypeError: If an image is neither an ``EncodedImage`` nor a uint8 tensor, or a label is
@@ -280,10 +346,11 @@ def encoded_collate(
     Example:
         >>> raw = torch.tensor([255, 216, 255], dtype=torch.uint8)
         >>> images, labels = encoded_collate([(EncodedImage(raw, "a.jpg"), 1), (raw, 0)])
-        >>> len(images), images[0].path, labels.tolist()
-        (2, 'a.jpg', [1, 0])
+        >>> len(images), images[0].path, images[1].path, labels.tolist()
+        (2, 'a.jpg', '<batch[1]>', [1, 0])
     """
     pairs = [sample_pair(j, sample, "encoded image") for j, sample in enumerate(check_batch(batch))]
+    datas: list[Tensor] = []
     for j, (image, _) in enumerate(pairs):
         data = image.data if isinstance(image, EncodedImage) else image
         if not isinstance(data, Tensor) or data.dtype != torch.uint8:
@@ -297,5 +364,11 @@ def encoded_collate(
                 f"the image of batch[{j}] must be a non-empty 1-D tensor of file bytes, got "
                 f"shape {tuple(data.shape)}"
             )
+        datas.append(data)
     labels = torch.stack([label_tensor(j, label) for j, (_, label) in enumerate(pairs)])
-    return [image for image, _ in pairs], labels
+    paths = tuple(
+        image.path if isinstance(image, EncodedImage) else f"<batch[{j}]>"
+        for j, (image, _) in enumerate(pairs)
+    )
+    ends = tuple(int(end) for end in torch.tensor([d.numel() for d in datas]).cumsum(0))
+    return EncodedBatch(torch.cat(datas), ends, paths), labels

@@ -14,6 +14,7 @@ from torchvision.datasets import FakeData
 from protohead.class_subset import ClassSubset
 from protohead.data import CheckedImageFolder, SkipBadCollate, SkippedSample, UnreadableImageError
 from protohead.encoded_images import (
+    EncodedBatch,
     EncodedImage,
     EncodedImageDataset,
     EncodedImageFolder,
@@ -129,12 +130,46 @@ def test_samples_are_checked():
         EncodedImageDataset([("a.jpg",)])
 
 
-def test_collate_keeps_a_list_and_stacks_labels():
+def test_collate_packs_one_buffer_that_reads_as_the_list_of_images():
     a = EncodedImage(torch.arange(5, dtype=torch.uint8), "a.jpg")
     b = torch.arange(7, dtype=torch.uint8)
     images, labels = encoded_collate([(a, 2), (b, torch.tensor([4]))])
-    assert images[0] is a and images[1] is b
+    assert isinstance(images, EncodedBatch) and len(images) == 2
+    assert images[0].path == "a.jpg" and torch.equal(images[0].data, a.data)
+    assert images[1].path == "<batch[1]>" and torch.equal(images[1].data, b)
+    assert images[-1].path == "<batch[1]>" and [i.path for i in images[:1]] == ["a.jpg"]
+    # One storage for the batch: one shared-memory handle per batch from a worker process.
+    assert all(i.data.untyped_storage().data_ptr() == images.data.data_ptr() for i in images)
     assert labels.dtype == torch.int64 and labels.tolist() == [2, 4]
+    with pytest.raises(IndexError):
+        images[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (
+            (torch.zeros(3), (3,), ("a",)),
+            TypeError,
+            "data must be a uint8 tensor, got torch.float32",
+        ),
+        ((torch.zeros(3, dtype=torch.uint8), (3,), ()), ValueError, "got 1 ends and 0 paths"),
+        ((torch.zeros(3, dtype=torch.uint8), (2, 2), ("a", "b")), ValueError, "increase strictly"),
+        ((torch.zeros(3, dtype=torch.uint8), (0, 3), ("a", "b")), ValueError, "increase strictly"),
+        ((torch.zeros(3, dtype=torch.uint8), (2,), ("a",)), ValueError, r"end where .* \(3,\)"),
+    ],
+)
+def test_encoded_batch_checks_its_layout(args, error, match):
+    with pytest.raises(error, match=match):
+        EncodedBatch(*args)
+
+
+def test_batches_cross_worker_processes_intact(tmp_path):
+    root = make_folder(tmp_path / "train", classes=2, per_class=2)
+    folder = EncodedImageFolder(root)
+    loader = DataLoader(folder, batch_size=3, num_workers=1, collate_fn=encoded_collate)
+    seen = [(image.path, bytes(image.data.numpy())) for images, _ in loader for image in images]
+    assert seen == [(path, Path(path).read_bytes()) for path, _ in folder.samples]
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(BatchedMultiCrop(fuse=True)); auto: on for CUDA (first batches compile), off elsewhere",
     )
     data.add_argument(
+        "--decode",
+        choices=("pil", "batched"),
+        default="pil",
+        help="where training images are decoded: pil in the DataLoader workers; batched has "
+        "the workers read file bytes only and decodes whole batches on the training device "
+        "(nvJPEG on CUDA, PIL for non-JPEGs), then crops them there as --gpu-aug does; "
+        "needs --data-dir",
+    )
+    data.add_argument(
+        "--decode-max-side",
+        type=int,
+        default=1024,
+        help="with --decode batched, shrink decoded images whose longer side is larger to this "
+        "side before cropping, bounding the padded batch's memory; 0 keeps full size",
+    )
+    data.add_argument(
         "--val-crop-size",
         type=int,
         default=None,

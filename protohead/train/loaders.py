@@ -20,6 +20,8 @@ from protohead.data import (
     uint8_collate,
     with_transform,
 )
+from protohead.data.batched_decode import BatchedDecoder
+from protohead.data.encoded import as_encoded, encoded_collate
 from protohead.presets import TReXPreset
 from protohead.train.launch import DistributedInfo
 from protohead.train.samplers import ShardedEvalSampler
@@ -39,8 +41,9 @@ class Loaders(NamedTuple):
 
 
 def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: DistributedInfo) -> Loaders:
-    """Training (multi-crop, or decoded uint8 with ``--gpu-aug``), validation and BatchNorm
-    recalibration loaders, sharded over the ranks of ``info``."""
+    """Training (multi-crop, decoded uint8 with ``--gpu-aug`` or file bytes with ``--decode
+    batched``), validation and BatchNorm recalibration loaders, sharded over the ranks of
+    ``info``."""
     stats = dataset_info(args.dataset)
     multicrop = MultiCropTransform(preset.multicrop_config(), mean=stats.mean, std=stats.std)
     val_crop = args.val_crop_size or preset.global_crop_size
@@ -48,7 +51,7 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
     if val_resize is None and args.small_images:
         val_resize = val_crop  # 28-32 px datasets are evaluated on the whole image
     val_tf = eval_transform(val_crop, val_resize, mean=stats.mean, std=stats.std)
-    train_tf: Any = v2.PILToTensor() if args.gpu_aug else multicrop
+    train_tf: Any = v2.PILToTensor() if batched_aug(args) else multicrop
     data = build_datasets(
         args.dataset,
         data_dir=args.data_dir,
@@ -71,6 +74,12 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
         drop_last=True,
     )
     sampler = SeededSampler(inner, args.seed)
+    train_source: Any = data.train
+    train_collate: Callable[[Sequence[Any]], Any] = multicrop_collate
+    if args.decode == "batched":  # the same files, read as bytes; build_decoder decodes them
+        train_source, train_collate = as_encoded(data.train), encoded_collate
+    elif args.gpu_aug:
+        train_collate = uint8_collate
     workers = args.workers
     common: dict[str, Any] = {
         "num_workers": workers,
@@ -81,10 +90,10 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
         common["prefetch_factor"] = args.prefetch_factor
     plain_collate = SkipBadCollate(cast(Callable[[Sequence[Any]], Any], default_collate))
     train_loader = DataLoader(
-        SeededDataset(data.train),
+        SeededDataset(train_source),
         batch_size=args.batch_size,
         sampler=sampler,
-        collate_fn=SkipBadCollate(uint8_collate if args.gpu_aug else multicrop_collate),
+        collate_fn=SkipBadCollate(train_collate),
         drop_last=True,
         **common,
     )
@@ -116,14 +125,32 @@ def build_loaders(args: argparse.Namespace, preset: TReXPreset, info: Distribute
     )
 
 
+def batched_aug(args: argparse.Namespace) -> bool:
+    """Whether the multi-crop runs batched on the device (``--gpu-aug``, or ``--decode batched``,
+    which feeds it decoded batches)."""
+    return bool(args.gpu_aug or args.decode == "batched")
+
+
+def build_decoder(args: argparse.Namespace, device: torch.device) -> BatchedDecoder | None:
+    """The ``--decode batched`` decoder on ``device``; None with ``--decode pil``."""
+    if args.decode != "batched":
+        return None
+    return BatchedDecoder(
+        device,
+        max_side=args.decode_max_side or None,
+        skip_bad_images=args.skip_bad_images,
+    )
+
+
 def build_gpu_aug(
     args: argparse.Namespace,
     multicrop: MultiCropTransform,
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> nn.Module | None:
-    """The ``--gpu-aug`` augmenter matching ``multicrop``, on ``device``; None without the flag."""
-    if not args.gpu_aug:
+    """The batched augmenter matching ``multicrop``, on ``device``; None without ``--gpu-aug`` or
+    ``--decode batched``."""
+    if not batched_aug(args):
         return None
     fuse = args.gpu_aug_fuse == "on" or (args.gpu_aug_fuse == "auto" and device.type == "cuda")
     aug: nn.Module = BatchedMultiCrop.from_transform(

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from protohead import TReX
+from protohead.data.batched_decode import BatchedDecoder
 from protohead.presets import TReXPreset
 from protohead.train.args import PRESET_FLAGS, get_args_parser, resolve_preset
 from protohead.train.batchnorm import recalibrate_batchnorm
@@ -49,7 +50,7 @@ from protohead.train.launch import (
     cleanup_distributed,
     init_distributed,
 )
-from protohead.train.loaders import build_gpu_aug, build_loaders
+from protohead.train.loaders import build_decoder, build_gpu_aug, build_loaders
 from protohead.train.optim import WarmupCosineLR, param_groups, scaled_lr
 from protohead.train.run_dir import (
     BACKBONE,
@@ -128,6 +129,9 @@ def _prepare(
 ) -> list[Tensor]:
     """Move a batch to the device (and augment it there with ``--gpu-aug``)."""
     if gpu_aug is not None:
+        if isinstance(inputs, tuple):  # (padded batch, sizes), decoded on the device
+            decoded: list[Tensor] = gpu_aug(*inputs, generator=generator)
+            return decoded
         if isinstance(inputs, Tensor):
             images: Tensor | list[Tensor] = inputs.to(device, non_blocking=True)
         else:
@@ -154,12 +158,15 @@ def train_one_epoch(
     gpu_aug: nn.Module | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = True,
+    decoder: BatchedDecoder | None = None,
 ) -> dict[str, float]:
     """One epoch of ``steps`` iterations; returns the epoch's mean metrics (all ranks).
 
     ``train_model`` is ``model`` or its DDP wrapper. Loss and accuracy are accumulated on the
     device and read only every ``--print-freq`` steps and at the end, where a non-finite loss
-    raises :class:`NonFiniteLossError` before anything is saved.
+    raises :class:`NonFiniteLossError` before anything is saved. With ``decoder``
+    (``--decode batched``) the loader yields file bytes, decoded here on the device; files it
+    drops (``--skip-bad-images``) count as skipped like those the loader drops.
     """
     model.train()
     # Device-side sums (loss x images, correct); image counts stay on the host, since creating
@@ -175,6 +182,10 @@ def train_one_epoch(
     iterator: Iterator[Any] = iter(progress)
     for step in range(steps):
         inputs, labels, num_bad = next(iterator)
+        if decoder is not None:  # file bytes -> padded uint8 batch on the device
+            decoded_batch = decoder(inputs, labels)
+            inputs, labels = (decoded_batch.images, decoded_batch.sizes), decoded_batch.labels
+            num_bad += decoded_batch.skipped
         skipped += num_bad
         labels = labels.to(device, non_blocking=True)
         crops = _prepare(inputs, device, gpu_aug, generator, args.channels_last)
@@ -419,6 +430,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
     autocast_dtype = _autocast_dtype(args, device)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     gpu_aug = build_gpu_aug(args, multicrop, device, autocast_dtype)
+    decoder = build_decoder(args, device)
 
     checkpoint_path = output_dir / CHECKPOINT
     start_epoch = 0
@@ -466,6 +478,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
                 gpu_aug=gpu_aug,
                 generator=generator,
                 show_progress=info.is_main,
+                decoder=decoder,
             )
         except NonFiniteLossError as err:
             kept = (

@@ -32,6 +32,7 @@ _MINIMUM = {
     "max_steps_per_epoch": 1,
     "bn_recalibration_batches": 0,
     "threads": 1,
+    "decode_max_side": 0,
 }
 
 # Allowed range [low, high] of the float flags (high None: no upper bound).
@@ -132,6 +133,11 @@ def check_args(args: argparse.Namespace) -> None:
                     f"--data-dir {str(root)!r} has no {split}/ folder; it must hold train/ and "
                     "val/, each with one sub-folder of images per class (the ImageNet layout)"
                 )
+    if args.decode == "batched" and args.data_dir is None:
+        raise UsageError(
+            "--decode batched decodes image files: give --data-dir (built-in datasets hold "
+            "pixels, use --gpu-aug for them)"
+        )
     for name, minimum in _MINIMUM.items():
         value = getattr(args, name, None)
         if value is not None and value < minimum:

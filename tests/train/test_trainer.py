@@ -254,13 +254,14 @@ def test_load_backbone_rebuilds_the_small_input_stem(tmp_path, arch):
         example.load_backbone(str(tmp_path / "backbone.pth"), "vgg11", 3, True)
 
 
-def _folder(root: Path, corrupt: bool) -> Path:
+def _folder(root: Path, corrupt: bool, ext: str = "png") -> Path:
     for split in ("train", "val"):
         for c in range(2):
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True)
             for i in range(3):
-                Image.new("RGB", (30, 30), (100 * c, 20 * i, 50)).save(folder / f"{i}.png")
+                size = (30, 30) if ext == "png" else (30 + 4 * i, 26 + 3 * c)
+                Image.new("RGB", size, (100 * c, 20 * i, 50)).save(folder / f"{i}.{ext}")
     bad = root / "train" / "class1" / "corrupt.jpg"
     if corrupt:
         bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
@@ -306,6 +307,31 @@ def test_help_tells_that_tensorboard_is_optional():
     text = " ".join(train_trex.get_args_parser().format_help().split())
     assert "backbone.pth (and TensorBoard logs) go here" in text
     assert "pip install 'protohead[tensorboard]'" in text
+
+
+def test_batched_decode_trains_and_follows_the_skip_policy(tmp_path):
+    bad = _folder(tmp_path / "data", corrupt=True, ext="jpg")
+    data = ["--data-dir", str(tmp_path / "data")]
+    one_batch = ("--batch-size", "7", "--global-crop-size", "24", "--local-crop-size", "12")
+    batched = (*one_batch, "--decode", "batched", "--decode-max-side", "28")
+    with pytest.raises(UnreadableImageError, match=r"cannot read image file '.*corrupt.jpg'"):
+        train_trex.main(_args(tmp_path / "a", *batched, data=data))
+    metrics = train_trex.main(_args(tmp_path / "b", *batched, "--skip-bad-images", data=data))
+    assert metrics["train_skipped_images"] == 1.0 and metrics["step"] == 1
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    assert bad.is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (("--decode", "batched"), "--decode batched decodes image files: give --data-dir"),
+        (("--decode-max-side", "-1"), "--decode-max-side must be >= 0, got -1"),
+    ],
+)
+def test_batched_decode_usage_errors(tmp_path, extra, match):
+    with pytest.raises(train_trex.UsageError, match=match):
+        train_trex.main(_args(tmp_path, *extra))
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

@@ -284,6 +284,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument(
+        "--optimizer-impl",
+        choices=("auto", "fused", "foreach", "for-loop"),
+        default="auto",
+        help="SGD implementation: fused (one kernel for all parameters) or foreach (a few "
+        "multi-tensor kernels) give the same update as the for-loop; auto = fused on CUDA, "
+        "foreach elsewhere",
+    )
+    optim.add_argument(
         "--weight-decay",
         type=float,
         default=1e-4,
@@ -332,6 +340,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the student and teacher; faster steps after minutes of compiling",
+    )
+    run.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default="default",
+        help="torch.compile mode with --compile; reduce-overhead replays CUDA graphs (static "
+        "shapes: every step has the same crops), max-autotune also tunes kernels (longest "
+        "compile)",
     )
     run.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's)"

@@ -413,3 +413,28 @@ def test_init_from_starts_student_and_teacher_from_the_backbone_file(tmp_path, m
     )
     train_trex.main(_args(tmp_path / "init", *run, "--seed", "1", "--epochs", "3"))
     assert f"--init-from {source} is ignored: resuming from" in capsys.readouterr().out
+
+
+def test_optimizer_implementations_give_the_same_training(tmp_path):
+    runs = {}
+    for impl in ("for-loop", "foreach"):
+        train_trex.main(_args(tmp_path / impl, "--optimizer-impl", impl))
+        runs[impl] = load_checkpoint(tmp_path / impl / "checkpoint.pth")
+    groups = [runs[impl]["optimizer"]["param_groups"][0] for impl in ("for-loop", "foreach")]
+    assert [(g["foreach"], g["fused"]) for g in groups] == [(False, False), (True, False)]
+    loop, multi = runs["for-loop"]["model"], runs["foreach"]["model"]
+    assert loop.keys() == multi.keys()
+    for key, value in loop.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(multi[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_auto_optimizer_is_fused_on_cuda_and_foreach_elsewhere():
+    assert train_trex.sgd_implementation("auto", torch.device("cuda")) == {
+        "foreach": False,
+        "fused": True,
+    }
+    assert train_trex.sgd_implementation("for-loop", torch.device("cuda")) == {
+        "foreach": False,
+        "fused": False,
+    }

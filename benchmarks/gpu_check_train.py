@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from protohead import TReX, get_preset
+from protohead.train.trainer import sgd_implementation
 
 
 def _sync(device: torch.device) -> None:
@@ -48,9 +49,14 @@ def _time(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) 
 
 
 def _step_fn(
-    model: TReX, crops: list[torch.Tensor], labels: torch.Tensor, dtype: torch.dtype | None
+    model: TReX,
+    crops: list[torch.Tensor],
+    labels: torch.Tensor,
+    dtype: torch.dtype | None,
+    impl: str = "for-loop",
 ) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    sgd = sgd_implementation(impl, labels.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **sgd)
     device = labels.device
 
     def step() -> None:
@@ -73,6 +79,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU smoke run")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the student")
+    parser.add_argument(
+        "--speedups",
+        action="store_true",
+        help="add t-ReX rows with the fused optimiser, torch.compile (student and teacher) and "
+        "CUDA graphs (compile mode reduce-overhead): the step before/after",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -110,18 +122,39 @@ def main() -> None:
             ("trex", multi, "trex", {}),
             ("trex-star", multi, "trex-star", {}),
         ]
+        if args.speedups:
+            rows += [
+                ("trex fused SGD", multi, "trex", {"impl": "fused"}),
+                ("trex fused+compile", multi, "trex", {"impl": "fused", "mode": "default"}),
+                (
+                    "trex fused+cudagraph",
+                    multi,
+                    "trex",
+                    {"impl": "fused", "mode": "reduce-overhead"},
+                ),
+            ]
         reference = None
-        for label, crops, preset, extra in rows:
+        for label, crops, preset, options in rows:
+            extra = {k: v for k, v in options.items() if k not in ("impl", "mode")}
             torch.manual_seed(0)
             kwargs = {**get_preset(preset).model_kwargs(), **extra}
             if quick and kwargs.get("memory_size", 0):
                 kwargs["memory_size"] = 64
             model = TReX(arch, 1000, **kwargs, on_invalid="skip").to(device)
             model = model.to(memory_format=fmt)
-            if args.compile:
-                model.student.compile()
+            mode = options.get("mode", "default" if args.compile else None)
+            if mode is not None:
+                model.student.compile(mode=mode)
+                if model.teacher is not None:
+                    model.teacher.module.compile(mode=mode)
             model.train()
-            seconds = _time(_step_fn(model, crops, labels, dtype), steps, warmup, device)
+            impl = options.get("impl", "for-loop")
+            try:
+                step = _step_fn(model, crops, labels, dtype, impl)
+                seconds = _time(step, steps, warmup, device)
+            except Exception as err:  # one failing variant must not hide the other rows
+                print(f"{label:<22} {batch:>5} FAILED: {type(err).__name__}: {err}"[:300])
+                continue
             if label == "baseline multi-crop":
                 reference = seconds
             ratio = f"{seconds / reference:.3f}x" if reference and label != rows[0][0] else ""

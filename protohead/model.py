@@ -20,19 +20,28 @@ from protohead.projector import Projector
 
 __all__ = ["TReX", "multicrop_cross_entropy"]
 
+# The smallest int64: no class index can take it, so cross_entropy ignores no label.
+_NO_IGNORED_INDEX = -(2**63)
+
 
 def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy over all crops, every crop carrying its image's label.
 
     Shapes: ``logits (n b, k)`` in crop-major order, ``labels (b,) -> ()``.
 
+    Every label counts: unlike :func:`torch.nn.functional.cross_entropy`, no value (such as its
+    default ``ignore_index=-100``) is silently left out of the mean. Labels outside ``[0, k)``
+    raise a ``ValueError`` for CPU tensors; on an accelerator they trip PyTorch's device-side
+    bounds assertion instead, since raising a Python error would need a host sync every step.
+
     Args:
         logits: Logits of ``n`` crops of ``b`` images, all images of crop 0 first.
-        labels: Integer class labels of the ``b`` images.
+        labels: Integer class labels of the ``b`` images, in ``[0, k)``.
         label_smoothing: Passed to :func:`torch.nn.functional.cross_entropy`.
 
     Raises:
-        ValueError: If the shapes do not fit ``(n b, k)`` and ``(b,)``.
+        ValueError: If the shapes do not fit ``(n b, k)`` and ``(b,)``, or (CPU tensors) a
+            label lies outside ``[0, k)``.
 
     Example:
         >>> logits = torch.zeros(6, 4)  # 3 crops of 2 images, 4 classes
@@ -47,7 +56,20 @@ def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: flo
             f"got {tuple(labels.shape)}"
         )
     targets = repeat_per_crop(labels, logits.shape[0] // labels.shape[0])
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    try:
+        # No index is ignored, so torch's own bounds check (free: it runs in the kernel) covers
+        # every label, -100 included.
+        return F.cross_entropy(
+            logits, targets, label_smoothing=label_smoothing, ignore_index=_NO_IGNORED_INDEX
+        )
+    except IndexError as err:  # CPU kernels raise it synchronously; name the values
+        num_classes = logits.shape[1]
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.numel() == 0:
+            raise
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values {outside.unique()[:8].tolist()}"
+        ) from err
 
 
 class TReX(nn.Module):
@@ -287,16 +309,24 @@ class TReX(nn.Module):
         return out
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
-        """The student backbone's weights, ready for the stock model.
+        """A snapshot of the student backbone's weights, ready for the stock model.
 
-        For a :class:`~protohead.BackboneAdapter` the keys are those of the stock
-        torchvision/timm model with only the classifier keys missing, so
-        ``model.load_state_dict(sd, strict=False)`` restores the backbone.
+        The tensors are detached copies, whatever the backbone: training on, or editing the
+        returned tensors, changes neither the other. For a :class:`~protohead.BackboneAdapter`
+        the keys are those of the stock torchvision/timm model with only the classifier keys
+        missing, so ``model.load_state_dict(sd, strict=False)`` restores the backbone.
+
+        Example:
+            >>> model = TReX("resnet18", num_classes=10, projector_hidden_dim=8, memory_size=8)
+            >>> sd = model.backbone_state_dict()
+            >>> sd["conv1.weight"].data_ptr() != model.backbone.model.conv1.weight.data_ptr()
+            True
         """
         if isinstance(self.backbone, BackboneAdapter):
-            exported: dict[str, Tensor] = self.backbone.export_state_dict()
-            return exported
-        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+            state = self.backbone.export_state_dict()
+        else:
+            state = self.backbone.state_dict()
+        return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _resolve_backbone(

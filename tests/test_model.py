@@ -546,6 +546,42 @@ def test_labels_are_checked_for_integer_dtype_in_eval_mode_too():
         model(crops, torch.zeros(3))
 
 
+@pytest.mark.parametrize("bad", [-100, -1, 5])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_multicrop_cross_entropy_rejects_labels_outside_the_classes(bad, smoothing):
+    # -100 is torch's default ignore_index: it must not be silently left out of the mean.
+    logits, labels = torch.randn(4, 5), torch.tensor([1, bad])
+    with pytest.raises(ValueError, match=rf"^labels must lie in \[0, 5\), got values \[{bad}\]$"):
+        multicrop_cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("kind", ["adapter", "plain"])
+def test_backbone_state_dict_is_a_detached_snapshot(kind):
+    if kind == "adapter":
+        model = tiny_trex()
+        live = model.backbone.model.state_dict()  # type: ignore[union-attr]
+    else:
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        model = TReX(backbone, 4, feature_dim=4, projector_hidden_dim=8, memory_size=8)
+        live = backbone.state_dict()
+    exported = model.backbone_state_dict()
+    assert exported.keys() <= live.keys() and len(exported) > 0
+    snapshot = {k: v.clone() for k, v in live.items()}
+    for key, value in exported.items():
+        assert not value.requires_grad
+        assert value.data_ptr() != live[key].data_ptr(), key
+        value.add_(1)  # editing the export leaves the model alone ...
+    for key, value in live.items():
+        assert torch.equal(value, snapshot[key]), key
+    with torch.no_grad():  # ... and training the model leaves the export alone
+        for p in model.backbone.parameters():
+            p.add_(1)
+    for key, value in exported.items():
+        if value.is_floating_point():
+            assert torch.equal(value, snapshot[key] + 1), key
+
+
 def _ts_model() -> TReX:
     torch.manual_seed(0)
     return TReX("resnet18", 10, projector_hidden_dim=8, memory_size=16).train()
@@ -570,6 +606,10 @@ TROUBLESHOOTING_TRIGGERS = [
         lambda: TReX(
             "resnet18", 10, projector_hidden_dim=8, memory_size=16, num_global_crops=2
         ).train()(_ts_crops(), torch.tensor([0, 1, 2, 3])),
+    ),
+    (
+        "loss-labels",
+        lambda: multicrop_cross_entropy(torch.zeros(6, 10), torch.tensor([3, -100])),
     ),
     ("repeat-0d", lambda: repeat_per_crop(torch.tensor(3), 2)),
     ("repeat-crops", lambda: repeat_per_crop(torch.arange(4), 0)),

@@ -8,6 +8,7 @@ from torch import Tensor
 
 __all__ = [
     "all_gather_rows",
+    "all_gather_scalar",
     "all_gather_variable",
     "get_rank",
     "get_world_size",
@@ -89,8 +90,10 @@ def all_gather_rows(*tensors: Tensor, equal_rows: bool = False) -> tuple[Tensor,
     sized), then each tensor is gathered. With ``equal_rows=True`` the caller promises that
     every rank passes the same number of rows (e.g. a ``DistributedSampler`` with
     ``drop_last=True`` feeding equal batches): the exchange is skipped and the gather never
-    waits for the device. Unequal counts are then the caller's bug: gloo raises, NCCL's
-    behaviour is undefined. Without a process group, the inputs come back detached.
+    waits for the device. Unequal counts are then the caller's bug and are not detected
+    (detecting them would cost the exchange that ``equal_rows`` saves): gloo aborts a process
+    (``SIGABRT``, no Python exception) and may hand the others wrong rows, NCCL may hang or
+    gather wrong rows. Without a process group, the inputs come back detached.
 
     Shapes: ``(b_r, *rest_i)`` for tensor ``i`` on rank ``r`` ``-> (sum_r b_r, *rest_i)``.
 
@@ -130,6 +133,41 @@ def all_gather_rows(*tensors: Tensor, equal_rows: bool = False) -> tuple[Tensor,
     _all_gather_single(all_rows, local_rows)
     rows = all_rows.tolist()  # the host must size the receive buffers
     return tuple(_gather_padded(t.detach().contiguous(), rows) for t in tensors)
+
+
+@torch.no_grad()
+def all_gather_scalar(value: Tensor) -> Tensor:
+    """Every rank's 0-d ``value`` in rank order, with one small all-gather.
+
+    Meant for flags that all ranks must agree on (e.g. "this rank's input is valid"): each rank
+    passes its own, every rank gets all of them and can take the same decision. The result
+    stays on the device; reading it (``.tolist()``) is the caller's one host sync. Without a
+    process group (or with one process) no collective runs.
+
+    Shapes: ``() -> (world_size,)``.
+
+    Args:
+        value: 0-d tensor; dtype and device must agree across ranks (with NCCL, a CUDA
+            tensor).
+
+    Raises:
+        TypeError: If ``value`` is not a tensor.
+        ValueError: If ``value`` is not 0-d.
+
+    Example:
+        >>> all_gather_scalar(torch.tensor(3)).tolist()  # no process group: just this rank
+        [3]
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"value must be a Tensor, got {type(value).__name__}")
+    if value.ndim != 0:
+        raise ValueError(f"value must be a 0-d tensor, got shape {tuple(value.shape)}")
+    world_size = get_world_size()
+    if world_size == 1:
+        return value.detach().reshape(1)
+    out = value.new_empty(world_size)
+    _all_gather_single(out, value.detach().reshape(1))
+    return out
 
 
 def _gather_padded(tensor: Tensor, rows: list[int]) -> Tensor:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from einops import repeat
 from torch import Tensor, nn
 
-__all__ = ["MultiCropEncoder", "group_by_resolution"]
+__all__ = ["MultiCropEncoder", "group_by_resolution", "repeat_per_crop"]
+
+Runs = Sequence[tuple[int, int]]
+"""``(start, end)`` index pairs of same-size crops, as :func:`group_by_resolution` returns."""
 
 
 def group_by_resolution(crops: Sequence[Tensor]) -> list[tuple[int, int]]:
@@ -53,6 +57,37 @@ def group_by_resolution(crops: Sequence[Tensor]) -> list[tuple[int, int]]:
     return runs
 
 
+def repeat_per_crop(values: Tensor, num_crops: int) -> Tensor:
+    """Repeat per-image values (e.g. labels) for ``num_crops`` crops, in crop-major order.
+
+    Matches the output order of :class:`MultiCropEncoder` (all images of crop 0 first), so the
+    ``i``-th row of the result belongs to the ``i``-th row of the encoded crops.
+
+    Shapes: ``(b, ...) -> (n b, ...)``.
+
+    Args:
+        values: Tensor with at least one dimension; dim 0 indexes the images.
+        num_crops: Number of crops ``n`` per image, >= 1.
+
+    Raises:
+        TypeError: If ``values`` is not a tensor or ``num_crops`` not an int.
+        ValueError: If ``values`` is 0-d or ``num_crops`` < 1.
+
+    Example:
+        >>> repeat_per_crop(torch.tensor([7, 8]), 3).tolist()
+        [7, 8, 7, 8, 7, 8]
+    """
+    if not isinstance(values, Tensor):
+        raise TypeError(f"values must be a Tensor, got {type(values).__name__}")
+    if values.ndim == 0:
+        raise ValueError("values must have shape (b, ...), got a 0-d tensor")
+    if isinstance(num_crops, bool) or not isinstance(num_crops, int):
+        raise TypeError(f"num_crops must be an int, got {type(num_crops).__name__}")
+    if num_crops < 1:
+        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+    return repeat(values, "b ... -> (n b) ...", n=num_crops)
+
+
 class MultiCropEncoder(nn.Module):
     """Encode a list of crops at several resolutions with a single head call.
 
@@ -86,17 +121,37 @@ class MultiCropEncoder(nn.Module):
         self.backbone = backbone
         self.head = head if head is not None else nn.Identity()
 
-    def forward_features(self, crops: Tensor | Sequence[Tensor]) -> Tensor:
-        """Backbone features only: ``[(b, c, h_i, w_i)] * n -> (n b, d)``."""
+    def forward_features(
+        self, crops: Tensor | Sequence[Tensor], *, runs: Runs | None = None
+    ) -> Tensor:
+        """Backbone features only: ``[(b, c, h_i, w_i)] * n -> (n b, d)``.
+
+        Args:
+            crops: One ``(b, c, h, w)`` tensor or a sequence of crops.
+            runs: ``group_by_resolution(crops)`` when the caller already computed it (and so
+                validated ``crops``); the crops are then not checked again. ``None`` (default)
+                checks and groups them here.
+
+        Raises:
+            TypeError: If a crop is not a tensor (only when ``runs`` is ``None``).
+            ValueError: See :func:`group_by_resolution` (only when ``runs`` is ``None``).
+        """
         if isinstance(crops, Tensor):
             crops = [crops]
+        if runs is None:
+            runs = group_by_resolution(crops)
         outputs = [
             self.backbone(crops[start] if end - start == 1 else torch.cat(list(crops[start:end])))
-            for start, end in group_by_resolution(crops)
+            for start, end in runs
         ]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
-    def forward(self, crops: Tensor | Sequence[Tensor]) -> Tensor:
-        """Backbone per resolution run, then the head once on all features."""
-        out: Tensor = self.head(self.forward_features(crops))
+    def forward(self, crops: Tensor | Sequence[Tensor], *, runs: Runs | None = None) -> Tensor:
+        """Backbone per resolution run, then the head once on all features.
+
+        ``runs`` skips the crop checks of a caller that already ran :func:`group_by_resolution`
+        (e.g. :class:`~protohead.TReX`, which checks a step once for the student and the
+        teacher), see :meth:`forward_features`.
+        """
+        out: Tensor = self.head(self.forward_features(crops, runs=runs))
         return out

@@ -7,18 +7,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
 from torch import Tensor, nn
 
+from protohead._trex_checks import check_step
 from protohead.backbone import BackboneAdapter, _is_timm_model
 from protohead.classifier import PrototypeClassifier
 from protohead.ema import EMATeacher, MomentumSchedule
-from protohead.encoder import MultiCropEncoder, group_by_resolution
+from protohead.encoder import MultiCropEncoder, repeat_per_crop
 from protohead.memory import MemoryInit, OnInvalid, PrototypeMemoryBank
 from protohead.presets import get_preset
 from protohead.projector import Projector
 
 __all__ = ["TReX", "multicrop_cross_entropy"]
+
+# The smallest int64: no class index can take it, so cross_entropy ignores no label.
+_NO_IGNORED_INDEX = -(2**63)
 
 
 def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -26,13 +29,19 @@ def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: flo
 
     Shapes: ``logits (n b, k)`` in crop-major order, ``labels (b,) -> ()``.
 
+    Every label counts: unlike :func:`torch.nn.functional.cross_entropy`, no value (such as its
+    default ``ignore_index=-100``) is silently left out of the mean. Labels outside ``[0, k)``
+    raise a ``ValueError`` for CPU tensors; on an accelerator they trip PyTorch's device-side
+    bounds assertion instead, since raising a Python error would need a host sync every step.
+
     Args:
         logits: Logits of ``n`` crops of ``b`` images, all images of crop 0 first.
-        labels: Integer class labels of the ``b`` images.
+        labels: Integer class labels of the ``b`` images, in ``[0, k)``.
         label_smoothing: Passed to :func:`torch.nn.functional.cross_entropy`.
 
     Raises:
-        ValueError: If the shapes do not fit ``(n b, k)`` and ``(b,)``.
+        ValueError: If the shapes do not fit ``(n b, k)`` and ``(b,)``, or (CPU tensors) a
+            label lies outside ``[0, k)``.
 
     Example:
         >>> logits = torch.zeros(6, 4)  # 3 crops of 2 images, 4 classes
@@ -46,9 +55,21 @@ def multicrop_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: flo
             f"labels must have shape (b,) with b dividing logits.shape[0]={logits.shape[0]}, "
             f"got {tuple(labels.shape)}"
         )
-    num_crops = logits.shape[0] // labels.shape[0]
-    targets = repeat(labels, "b -> (n b)", n=num_crops)
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    targets = repeat_per_crop(labels, logits.shape[0] // labels.shape[0])
+    try:
+        # No index is ignored, so torch's own bounds check (free: it runs in the kernel) covers
+        # every label, -100 included.
+        return F.cross_entropy(
+            logits, targets, label_smoothing=label_smoothing, ignore_index=_NO_IGNORED_INDEX
+        )
+    except IndexError as err:  # CPU kernels raise it synchronously; name the values
+        num_classes = logits.shape[1]
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.numel() == 0:
+            raise
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values {outside.unique()[:8].tolist()}"
+        ) from err
 
 
 class TReX(nn.Module):
@@ -100,7 +121,8 @@ class TReX(nn.Module):
         small_input_stem: With a backbone name, use a small-image stem (28–32 px inputs).
         equal_batches: Every process passes equal batches (``DistributedSampler`` with
             ``drop_last=True``): the memory's distributed gather needs no host sync, see
-            :class:`PrototypeMemoryBank`.
+            :class:`PrototypeMemoryBank`. Unequal batches are then not detected (gloo aborts
+            the process, see :func:`~protohead.distributed.all_gather_rows`).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -211,6 +233,20 @@ class TReX(nn.Module):
     def forward(self, crops: Tensor | Sequence[Tensor], labels: Tensor | None = None) -> Tensor:
         """Logits for every crop; in training mode with labels, also feed the memory.
 
+        The input is checked once, here, before the first forward pass: a rejected step leaves
+        every state as it was (student and teacher BatchNorm statistics, the teacher's EMA
+        weights and ``num_updates``, the memory). Form checks (types, shapes) are free. Value
+        checks need a host sync, so they run only when the memory's ``on_invalid`` resolves to
+        ``"raise"`` (the default on CPU), fused into one reduction and one host read: labels in
+        ``[0, num_classes)`` and finite pixels in every crop. In ``"skip"`` mode (the default on
+        accelerators) the step stays sync-free: the memory skips a batch with bad labels or
+        non-finite teacher features, and non-finite pixels are the data pipeline's job (they
+        reach the BatchNorm statistics and the loss, see the troubleshooting guide).
+
+        With several processes in ``"raise"`` mode, the decision is collective (one small
+        all-gather per step): every process raises, naming the ranks with bad input, and none
+        changes any state, so the processes stay in step.
+
         Args:
             crops: One ``(b, c, h, w)`` tensor, or a list of crops with the global crops first.
             labels: ``(b,)`` integer labels. Required to update the memory in training mode.
@@ -219,48 +255,48 @@ class TReX(nn.Module):
             ``(n b, num_classes)`` logits in crop-major order.
 
         Raises:
-            TypeError: If ``labels`` is not an integer tensor.
-            ValueError: If ``labels`` does not have shape ``(b,)``; or, when the memory is
-                updated, if there are fewer crops than ``num_global_crops`` or (with the
-                memory's ``on_invalid`` resolving to ``"raise"``) a label lies outside
-                ``[0, num_classes)``. These are checked before any state changes. Non-finite
-                teacher features can only be detected after the student and teacher ran: the
-                memory then raises (or skips the batch) untouched, but the teacher's EMA step
-                (weights, ``num_updates``) and both models' BatchNorm statistics are kept.
+            TypeError: If a crop is not a tensor, or ``labels`` not an integer tensor.
+            ValueError: If the crops do not share batch size and channels, ``labels`` does not
+                have shape ``(b,)``, the batch is empty in training mode; when the memory is
+                updated, if there are fewer crops than ``num_global_crops`` or the global crops
+                differ in size; in ``"raise"`` mode, if a label lies outside
+                ``[0, num_classes)`` or a crop holds NaN or inf (in training mode). Non-finite
+                teacher features (from finite pixels: a diverged model) can only be detected
+                after the student and teacher ran: the memory then raises (or skips the batch)
+                untouched, but the teacher's EMA step and both models' BatchNorm statistics are
+                kept.
         """
         crop_list = [crops] if isinstance(crops, Tensor) else list(crops)
-        group_by_resolution(crop_list)  # validates the crop list before any work
-        batch = crop_list[0].shape[0]
-        if labels is not None:
-            if not isinstance(labels, Tensor):
-                raise TypeError(f"labels must be a Tensor, got {type(labels).__name__}")
-            if labels.shape != (batch,):
-                raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
-
-        update_memory = self.training and labels is not None and self.teacher is not None
-        if update_memory and labels is not None and self.memory is not None:
-            # Checked before the student's and teacher's forward passes and the EMA step, which
-            # all change state (BN statistics, weights, num_updates): a rejected step must not.
-            if len(crop_list) < self.num_global_crops:
-                raise ValueError(
-                    f"crops must hold at least num_global_crops={self.num_global_crops} "
-                    f"tensors, got {len(crop_list)}"
-                )
-            self.memory.check_labels(labels)  # host sync only in on_invalid="raise" mode
-        prototypes = self.classifier.class_weights() if self.memory is not None else None
-        logits: Tensor = self.classifier(self.student(crop_list), prototypes)
+        memory = self.memory
+        update_memory = self.training and labels is not None and memory is not None
+        # Internal: _mode() resolves on_invalid="auto" for the memory's device.
+        raise_mode = memory is not None and memory._mode() == "raise"
+        runs = check_step(
+            crop_list,
+            labels,
+            num_classes=self.num_classes,
+            num_global_crops=self.num_global_crops,
+            training=self.training,
+            update_memory=update_memory,
+            raise_mode=raise_mode,
+            flag_device=memory.features.device if memory is not None else torch.device("cpu"),
+        )
+        prototypes = self.classifier.class_weights() if memory is not None else None
+        logits: Tensor = self.classifier(self.student(crop_list, runs=runs), prototypes)
         if update_memory and labels is not None:
             self._feed_memory(crop_list, labels)
         return logits
 
     @torch.no_grad()
     def _feed_memory(self, crops: list[Tensor], labels: Tensor) -> None:
+        """EMA step, teacher features of the (checked) global crops, enqueue."""
         if self.teacher is None or self.memory is None:
             return
         self.teacher.update(self.student)
-        global_crops = crops[: self.num_global_crops]
-        features = self.teacher(global_crops)
-        self.memory.update(features, repeat(labels, "b -> (n b)", n=len(global_crops)))
+        num_global = self.num_global_crops
+        # check_step made sure the global crops exist and share one size: one run.
+        features = self.teacher(crops[:num_global], runs=[(0, num_global)])
+        self.memory.update(features, repeat_per_crop(labels, num_global))
 
     def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """Mean cross-entropy over all crops, see :func:`multicrop_cross_entropy`."""
@@ -273,16 +309,24 @@ class TReX(nn.Module):
         return out
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
-        """The student backbone's weights, ready for the stock model.
+        """A snapshot of the student backbone's weights, ready for the stock model.
 
-        For a :class:`~protohead.BackboneAdapter` the keys are those of the stock
-        torchvision/timm model with only the classifier keys missing, so
-        ``model.load_state_dict(sd, strict=False)`` restores the backbone.
+        The tensors are detached copies, whatever the backbone: training on, or editing the
+        returned tensors, changes neither the other. For a :class:`~protohead.BackboneAdapter`
+        the keys are those of the stock torchvision/timm model with only the classifier keys
+        missing, so ``model.load_state_dict(sd, strict=False)`` restores the backbone.
+
+        Example:
+            >>> model = TReX("resnet18", num_classes=10, projector_hidden_dim=8, memory_size=8)
+            >>> sd = model.backbone_state_dict()
+            >>> sd["conv1.weight"].data_ptr() != model.backbone.model.conv1.weight.data_ptr()
+            True
         """
         if isinstance(self.backbone, BackboneAdapter):
-            exported: dict[str, Tensor] = self.backbone.export_state_dict()
-            return exported
-        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+            state = self.backbone.export_state_dict()
+        else:
+            state = self.backbone.state_dict()
+        return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _resolve_backbone(

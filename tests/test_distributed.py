@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from protohead import PrototypeMemoryBank, TReX, all_gather_rows, all_gather_variable
+from protohead.distributed import all_gather_scalar
 
 pytestmark = pytest.mark.distributed
 
 WORLD_SIZE = 2
 
 
-def _init(rank: int, init_file: str) -> None:
+def _init(rank: int, init_file: str, timeout_s: float | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, **kwargs
     )
 
 
@@ -87,6 +90,73 @@ def _trex_worker(rank: int, init_file: str, out_dir: str) -> None:
         model.train()
         model(crops, labels)
         torch.save({"memory": model.memory.state_dict()}, Path(out_dir) / f"trex{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _reject_worker(rank: int, init_file: str, out_dir: str) -> None:
+    # A short timeout turns a desynchronised collective into an error instead of a hang.
+    _init(rank, init_file, timeout_s=60)
+    try:
+        torch.manual_seed(0)  # same init on both ranks
+        model = TReX(
+            "resnet18",
+            num_classes=3,
+            projector_hidden_dim=16,
+            projector_out_dim=8,
+            memory_size=12,
+            memory_init="empty",
+        ).train()  # CPU tensors: on_invalid="auto" resolves to "raise"
+        gen = torch.Generator().manual_seed(rank)
+
+        def batch() -> tuple[list[torch.Tensor], torch.Tensor]:
+            size = 2 + rank  # different batch sizes per rank
+            crops = [
+                torch.randn(size, 3, 32, 32, generator=gen),
+                torch.randn(size, 3, 16, 16, generator=gen),
+            ]
+            return crops, torch.randint(0, 3, (size,), generator=gen)
+
+        def full_state() -> dict:
+            return {
+                k: v.clone() if isinstance(v, torch.Tensor) else v
+                for k, v in model.state_dict().items()
+            }
+
+        def same(a: dict, b: dict) -> bool:
+            return a.keys() == b.keys() and all(
+                torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k]
+                for k, v in a.items()
+            )
+
+        model(*batch())  # a good step, so the states are not the initial ones
+        results = []
+        for case in ("bad-label-on-1", "nan-on-0-shape-on-1"):
+            crops, labels = batch()
+            if case == "bad-label-on-1" and rank == 1:
+                labels[0] = 7
+            if case == "nan-on-0-shape-on-1":
+                if rank == 0:
+                    crops[1][0, 0, 0, 0] = float("nan")
+                else:
+                    labels = labels[:1]
+            before = full_state()
+            error = None
+            try:
+                model(crops, labels)
+            except ValueError as err:  # caught: the loop goes on, as a tolerant trainer would
+                error = str(err)
+            results.append({"error": error, "unchanged": same(before, full_state())})
+        model(*batch())  # a good step after the rejected ones
+        torch.save(
+            {
+                "results": results,
+                "memory": model.memory.state_dict(),
+                "num_updates": model.teacher.num_updates,
+                "flags": all_gather_scalar(torch.tensor(10 + rank)),
+            },
+            Path(out_dir) / f"reject{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -169,6 +239,40 @@ def test_trex_memory_gathers_teacher_features_from_all_ranks(tmp_path):
     assert (m0["labels"] >= 0).sum() == 5
 
 
+def test_invalid_step_on_one_rank_is_rejected_on_every_rank_and_ranks_stay_in_step(tmp_path):
+    _spawn(_reject_worker, tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"reject{r}.pt") for r in range(2))
+    first = (
+        "invalid training step on rank(s) [1] of 2 (rank 1: labels out of range); every rank "
+        "rejected it before any state changed"
+    )
+    assert r0["results"][0]["error"] == first
+    assert r1["results"][0]["error"] == (
+        f"{first}. On this rank (rank 1): labels must lie in [0, 3), got values [7]; "
+        "no state was changed"
+    )
+    second = (
+        "invalid training step on rank(s) [0, 1] of 2 (rank 0: non-finite crops, rank 1: bad "
+        "crop or label shapes/types); every rank rejected it before any state changed"
+    )
+    assert r0["results"][1]["error"] == (
+        f"{second}. On this rank (rank 0): crops[1] must be finite, got NaN or inf; "
+        "no state was changed"
+    )
+    assert r1["results"][1]["error"] == (
+        f"{second}. On this rank (rank 1): labels must have shape (3,), got (1,)"
+    )
+    for r in (r0, r1):  # BN statistics, EMA weights and count, memory: all bit-identical
+        assert [result["unchanged"] for result in r["results"]] == [True, True]
+        assert r["num_updates"] == 2  # the two good steps only
+        assert r["flags"].tolist() == [10, 11]
+    for key in r0["memory"]:
+        assert torch.equal(r0["memory"][key], r1["memory"][key]), key
+    assert int(r0["memory"]["ptr"]) == 2 * (2 + 3)  # both good steps of both ranks
+    page = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+    assert f"```text\nValueError: {first}\n```" in page
+
+
 def test_gather_without_process_group_is_identity():
     x = torch.randn(3, 2)
     assert torch.equal(all_gather_variable(x), x)
@@ -178,6 +282,14 @@ def test_gather_without_process_group_is_identity():
     for equal in (False, True):
         gx, gy = all_gather_rows(x, y, equal_rows=equal)
         assert torch.equal(gx, x) and torch.equal(gy, y)
+
+
+def test_gather_scalar_without_process_group_and_bad_input():
+    assert all_gather_scalar(torch.tensor(4)).tolist() == [4]
+    with pytest.raises(ValueError, match=r"value must be a 0-d tensor, got shape \(2,\)"):
+        all_gather_scalar(torch.zeros(2))
+    with pytest.raises(TypeError, match="value must be a Tensor, got int"):
+        all_gather_scalar(3)  # type: ignore[arg-type]
 
 
 def test_gather_rows_rejects_bad_input():

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from protohead import MultiCropEncoder, group_by_resolution
+from protohead.encoder import repeat_per_crop
 
 
 class CountingBackbone(nn.Module):
@@ -88,3 +89,50 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     crops = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]
     torch.testing.assert_close(a(crops), b(crops))
+
+
+def test_precomputed_runs_give_the_same_output_and_skip_the_checks(monkeypatch):
+    import protohead.encoder as encoder_module
+
+    backbone = CountingBackbone().eval()
+    encoder = MultiCropEncoder(backbone, nn.Linear(4, 2))
+    crops = [torch.randn(2, 3, 12, 12)] * 2 + [torch.randn(2, 3, 6, 6)]
+    expected = encoder(crops)
+    runs = group_by_resolution(crops)
+
+    def forbidden(crops):
+        raise AssertionError("crops checked again")
+
+    monkeypatch.setattr(encoder_module, "group_by_resolution", forbidden)
+    backbone.calls.clear()
+    torch.testing.assert_close(encoder(crops, runs=runs), expected)
+    assert backbone.calls == [(4, 3, 12, 12), (2, 3, 6, 6)]
+
+
+def test_repeat_per_crop_matches_the_crop_major_encoder_order():
+    backbone = CountingBackbone().eval()
+    encoder = MultiCropEncoder(backbone)
+    images = torch.randn(3, 3, 8, 8)
+    crops = [images, images.flip(-1), images[:, :, :4, :4]]
+    ids = repeat_per_crop(torch.arange(3), len(crops))
+    assert ids.tolist() == [0, 1, 2] * 3
+    features = encoder(crops)
+    for crop, rows in enumerate(features.split(3)):  # row i of each crop is image ids[i]
+        torch.testing.assert_close(rows, backbone(crops[crop])[ids[crop * 3 : crop * 3 + 3]])
+    onehot = repeat_per_crop(torch.eye(2), 2)  # trailing dims are kept
+    assert onehot.tolist() == [[1.0, 0.0], [0.0, 1.0]] * 2
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((torch.tensor(1), 2), ValueError, r"values must have shape \(b, \.\.\.\), got a 0-d"),
+        (([1, 2], 2), TypeError, "values must be a Tensor, got list"),
+        ((torch.arange(2), 0), ValueError, "num_crops must be >= 1, got 0"),
+        ((torch.arange(2), 2.0), TypeError, "num_crops must be an int, got float"),
+        ((torch.arange(2), True), TypeError, "num_crops must be an int, got bool"),
+    ],
+)
+def test_repeat_per_crop_rejects_bad_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        repeat_per_crop(*args)

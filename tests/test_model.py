@@ -13,6 +13,8 @@ from protohead import (
     get_preset,
     multicrop_cross_entropy,
 )
+from protohead.distributed import all_gather_scalar
+from protohead.encoder import repeat_per_crop
 
 
 def tiny_trex(**kwargs) -> TReX:
@@ -22,9 +24,9 @@ def tiny_trex(**kwargs) -> TReX:
     return TReX("resnet18", num_classes=4, **defaults)
 
 
-def make_crops(batch: int = 3, num_local: int = 2, seed: int = 0):
+def make_crops(batch: int = 3, num_local: int = 2, seed: int = 0, num_global: int = 1):
     gen = torch.Generator().manual_seed(seed)
-    crops = [torch.randn(batch, 3, 32, 32, generator=gen)]
+    crops = [torch.randn(batch, 3, 32, 32, generator=gen) for _ in range(num_global)]
     crops += [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(num_local)]
     return crops, torch.randint(0, 4, (batch,), generator=gen)
 
@@ -340,7 +342,7 @@ def _full_state(model: TReX) -> dict:
 def test_rejected_step_leaves_every_state_bit_identical(labels, num_global_crops, exc, match):
     """Student and teacher BN statistics, EMA weights, num_updates and memory stay as they were."""
     model = tiny_trex(num_global_crops=num_global_crops).train()
-    crops, good = make_crops(num_local=1)
+    crops, good = make_crops(num_local=1, num_global=num_global_crops)
     model(crops, good)  # a real step first, so the states are not the initial ones
     before = _full_state(model)
     assert before["teacher._extra_state"] == {"num_updates": 1}
@@ -384,3 +386,245 @@ def test_torchvision_model_without_classifier_is_used_as_given():
     model = TReX(resnet, num_classes=4, feature_dim=512, projector_hidden_dim=16, memory_size=8)
     assert model.backbone is resnet
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+# --- one check per step, before any state changes -------------------------------------------
+
+
+def _assert_state_unchanged(model: TReX, before: dict) -> None:
+    """Every entry of the state dict (BN statistics and num_batches_tracked of student and
+    teacher, EMA weights, the teacher's num_updates, the memory ring and pointer) is
+    bit-identical to ``before``."""
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in after.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, before[key]), key
+        else:
+            assert value == before[key], key
+
+
+def _nan_global(crops, labels):
+    crops[0][1, 0, 5, 5] = float("nan")
+    return crops, labels
+
+
+def _inf_local(crops, labels):
+    crops[2][0, 1, 2, 3] = float("inf")
+    return crops, labels
+
+
+def _nan_and_inf(crops, labels):
+    crops[0][0, 0, 0, 0] = float("nan")
+    crops[2][2, 2, 2, 2] = float("-inf")
+    return crops, labels
+
+
+def _empty(crops, labels):
+    return [c[:0] for c in crops], labels[:0]
+
+
+def _empty_without_labels(crops, labels):
+    return [c[:0] for c in crops], None
+
+
+def _local_among_globals(crops, labels):
+    return [crops[0], crops[2], crops[2]], labels  # crops[1] is a 16 px crop
+
+
+def _bad_labels(crops, labels):
+    return crops, torch.tensor([-1, 0, 9])
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "num_global_crops", "exc", "match"),
+    [
+        (_nan_global, 1, ValueError, r"^crops\[0\] must be finite, got NaN or inf; no state was"),
+        (_inf_local, 1, ValueError, r"^crops\[2\] must be finite, got NaN or inf; no state was"),
+        (_nan_and_inf, 2, ValueError, r"^crops\[0\], crops\[2\] must be finite, got NaN or inf"),
+        (_empty, 1, ValueError, r"^crops must hold at least one image in training mode, got batch"),
+        (_empty_without_labels, 1, ValueError, "at least one image in training mode"),
+        (
+            _local_among_globals,
+            2,
+            ValueError,
+            r"^crops\[1\] must have the size \(32, 32\) of crops\[0\] \(the first "
+            r"num_global_crops=2 crops are global\), got \(16, 16\)$",
+        ),
+        (
+            _bad_labels,
+            1,
+            ValueError,
+            r"^labels must lie in \[0, 4\), got values \[-1, 9\]; no state was changed$",
+        ),
+    ],
+)
+def test_rejected_input_raises_before_any_state_changes(corrupt, num_global_crops, exc, match):
+    model = tiny_trex(num_global_crops=num_global_crops).train()
+    crops, labels = make_crops(num_local=3 - num_global_crops, num_global=num_global_crops)
+    model(crops, labels)  # a real step first, so the states are not the initial ones
+    before = _full_state(model)
+    crops, labels = make_crops(num_local=3 - num_global_crops, num_global=num_global_crops, seed=1)
+    with pytest.raises(exc, match=match):
+        model(*corrupt(crops, labels))
+    _assert_state_unchanged(model, before)
+    assert model.teacher is not None and model.teacher.num_updates == 1
+
+
+def test_plain_trex_rejects_an_empty_training_batch_before_batchnorm_counts_it():
+    model = tiny_trex(memory_size=0).train()
+    before = _full_state(model)
+    crops, labels = make_crops()
+    with pytest.raises(ValueError, match="at least one image in training mode, got batch size 0"):
+        model([c[:0] for c in crops], labels[:0])
+    _assert_state_unchanged(model, before)
+    assert model.eval()([c[:0] for c in crops]).shape == (0, 4)  # harmless in eval mode
+
+
+def test_skip_mode_stays_sync_free_and_leaves_non_finite_pixels_to_the_data_pipeline(monkeypatch):
+    """The documented skip-mode behaviour: no check, no sync; the poison is visible after."""
+    model = tiny_trex(on_invalid="skip", memory_init="empty").train()
+    crops, labels = make_crops()
+    crops[0][1, 0, 5, 5] = float("nan")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync in the training step")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    logits = model(crops, labels)
+    monkeypatch.undo()
+    assert not torch.isfinite(logits).all()  # the loss will be NaN
+    assert model.teacher is not None and model.teacher.num_updates == 1  # the EMA step was taken
+    assert int(model.memory.num_skipped_updates) == 1  # NaN teacher features were not enqueued
+    assert int(model.memory.num_filled) == 0
+    assert model.backbone.model.bn1.running_mean.isnan().any()  # BN statistics are poisoned
+
+
+def test_a_training_step_checks_its_crops_once_and_the_blocks_alone_still_check(monkeypatch):
+    import protohead._trex_checks as trex_checks
+    import protohead.encoder as encoder_module
+
+    calls: list[int] = []
+    original = encoder_module.group_by_resolution
+
+    def counting(crops):
+        calls.append(len(crops))
+        return original(crops)
+
+    monkeypatch.setattr(encoder_module, "group_by_resolution", counting)
+    monkeypatch.setattr(trex_checks, "group_by_resolution", counting)
+    model = tiny_trex().train()
+    crops, labels = make_crops()
+    model(crops, labels)
+    assert calls == [3]  # once for the student, the teacher and the step's checks together
+    calls.clear()
+    model.student(crops)
+    assert calls == [3]
+    with pytest.raises(ValueError, match=r"crops\[1\] must have the batch size"):
+        model.student([crops[0], crops[1][:2]])
+
+
+def test_raise_mode_step_runs_no_collective_without_a_process_group(monkeypatch):
+    import protohead.distributed as pd
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("collective without a process group")
+
+    monkeypatch.setattr(pd, "_all_gather_single", forbidden)
+    model = tiny_trex().train()
+    crops, labels = make_crops()
+    model(crops, labels)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), got values \[7\]"):
+        model(crops, torch.tensor([0, 7, 1]))
+
+
+def test_labels_are_checked_for_integer_dtype_in_eval_mode_too():
+    model = tiny_trex().eval()
+    crops, _ = make_crops()
+    with pytest.raises(TypeError, match="labels must be an integer tensor, got torch.float32"):
+        model(crops, torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [-100, -1, 5])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_multicrop_cross_entropy_rejects_labels_outside_the_classes(bad, smoothing):
+    # -100 is torch's default ignore_index: it must not be silently left out of the mean.
+    logits, labels = torch.randn(4, 5), torch.tensor([1, bad])
+    with pytest.raises(ValueError, match=rf"^labels must lie in \[0, 5\), got values \[{bad}\]$"):
+        multicrop_cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("kind", ["adapter", "plain"])
+def test_backbone_state_dict_is_a_detached_snapshot(kind):
+    if kind == "adapter":
+        model = tiny_trex()
+        live = model.backbone.model.state_dict()  # type: ignore[union-attr]
+    else:
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        model = TReX(backbone, 4, feature_dim=4, projector_hidden_dim=8, memory_size=8)
+        live = backbone.state_dict()
+    exported = model.backbone_state_dict()
+    assert exported.keys() <= live.keys() and len(exported) > 0
+    snapshot = {k: v.clone() for k, v in live.items()}
+    for key, value in exported.items():
+        assert not value.requires_grad
+        assert value.data_ptr() != live[key].data_ptr(), key
+        value.add_(1)  # editing the export leaves the model alone ...
+    for key, value in live.items():
+        assert torch.equal(value, snapshot[key]), key
+    with torch.no_grad():  # ... and training the model leaves the export alone
+        for p in model.backbone.parameters():
+            p.add_(1)
+    for key, value in exported.items():
+        if value.is_floating_point():
+            assert torch.equal(value, snapshot[key] + 1), key
+
+
+def _ts_model() -> TReX:
+    torch.manual_seed(0)
+    return TReX("resnet18", 10, projector_hidden_dim=8, memory_size=16).train()
+
+
+def _ts_crops(batch: int = 4) -> list[torch.Tensor]:
+    return [torch.randn(batch, 3, 32, 32)] + [torch.randn(batch, 3, 16, 16)] * 2
+
+
+def _ts_non_finite() -> None:
+    crops = _ts_crops()
+    crops[2] = crops[2].clone().fill_(float("inf"))
+    _ts_model()(crops, torch.tensor([0, 1, 2, 3]))
+
+
+TROUBLESHOOTING_TRIGGERS = [
+    ("non-finite-crop", _ts_non_finite),
+    ("labels-step", lambda: _ts_model()(_ts_crops(), torch.tensor([0, 10, 2, 3]))),
+    ("empty-batch", lambda: _ts_model()(_ts_crops(0), torch.zeros(0, dtype=torch.long))),
+    (
+        "global-size",
+        lambda: TReX(
+            "resnet18", 10, projector_hidden_dim=8, memory_size=16, num_global_crops=2
+        ).train()(_ts_crops(), torch.tensor([0, 1, 2, 3])),
+    ),
+    (
+        "loss-labels",
+        lambda: multicrop_cross_entropy(torch.zeros(6, 10), torch.tensor([3, -100])),
+    ),
+    ("repeat-0d", lambda: repeat_per_crop(torch.tensor(3), 2)),
+    ("repeat-crops", lambda: repeat_per_crop(torch.arange(4), 0)),
+    ("gather-scalar", lambda: all_gather_scalar(torch.zeros(2))),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "trigger"), TROUBLESHOOTING_TRIGGERS, ids=[c for c, _ in TROUBLESHOOTING_TRIGGERS]
+)
+def test_new_step_errors_are_quoted_in_the_troubleshooting_guide(case, trigger):
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+    with pytest.raises(Exception) as info:
+        trigger()
+    quoted = f"{type(info.value).__name__}: {info.value}"
+    assert f"```text\n{quoted}\n```" in page, f"docs/troubleshooting.md should quote:\n{quoted}"

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from protohead import TReX, atomic_files
+from protohead import TReX
 from protohead.atomic_files import atomic_write
 from protohead.presets import TReXPreset
 from protohead.train.checkpoint import (
@@ -270,18 +270,6 @@ def resume_run(
     if info.is_main:
         truncate_metrics(args.output_dir / METRICS, start_epoch)
     return start_epoch
-
-
-def remove_stale_temp_files(directory: Path) -> None:
-    """Delete temporary files that writes killed mid-way left in ``directory``.
-
-    Calls ``protohead.atomic_files.cleanup_stale_temp_files`` where the installed
-    ``atomic_files`` provides it; the atomic writes never let such files shadow a checkpoint,
-    so without the helper they only take disk space.
-    """
-    cleanup = getattr(atomic_files, "cleanup_stale_temp_files", None)
-    if callable(cleanup):
-        cleanup(directory)
 
 
 def _read_records(path: Path) -> list[str]:

@@ -39,7 +39,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from protohead import TReX
+from protohead.atomic_files import remove_stale_temp_files
 from protohead.data.batched_decode import BatchedDecoder
+from protohead.encoder import repeat_per_crop
 from protohead.presets import TReXPreset
 from protohead.train.args import PRESET_FLAGS, get_args_parser, resolve_preset
 from protohead.train.batchnorm import recalibrate_batchnorm
@@ -59,7 +61,6 @@ from protohead.train.run_dir import (
     checkpoint_state,
     export_backbone,
     plan_resume,
-    remove_stale_temp_files,
     resume_run,
     save_epoch,
     tensorboard_writer,
@@ -221,7 +222,8 @@ def train_one_epoch(
         batch = labels.shape[0]
         with torch.no_grad():
             global_logits = logits[: batch * num_global].detach()
-            correct = (global_logits.argmax(1) == labels.repeat(num_global)).sum() / num_global
+            correct = (global_logits.argmax(1) == repeat_per_crop(labels, num_global)).sum()
+            correct = correct / num_global
             batch_loss = loss.detach().double() * batch
             stats += torch.stack([batch_loss, correct.double()])
             window_loss += batch_loss
@@ -359,7 +361,9 @@ def _start(args: argparse.Namespace, info: DistributedInfo) -> tuple[TReXPreset,
         raise UsageError(str(err)) from err
     if info.is_main:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(args.output_dir)
+        removed = remove_stale_temp_files(args.output_dir)
+        if removed:  # left by a run killed while it saved (kill -9, OOM killer, preemption)
+            logger.info("removed %d stale temporary file(s) in %s", len(removed), args.output_dir)
     return preset, plan_resume(args, preset)
 
 

@@ -438,3 +438,19 @@ def test_auto_optimizer_is_fused_on_cuda_and_foreach_elsewhere():
         "foreach": False,
         "fused": False,
     }
+
+
+def test_start_removes_temp_files_of_a_save_killed_mid_way(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    # What atomic_write leaves when its process is killed while writing: no process holds the
+    # file's lock any more.
+    orphan = out / ".checkpoint.pth.atomic-999999-k2x8q0ab.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    unrelated = out / "notes.tmp"
+    unrelated.write_text("not ours")
+    train_trex.main(_args(out))
+    assert not orphan.exists() and unrelated.exists()
+    assert (out / "checkpoint.pth").is_file()
+    assert not list(out.glob(".*.tmp"))
+    assert "removed 1 stale temporary file(s)" in capsys.readouterr().out

@@ -74,3 +74,39 @@ def mean_std(mean: object, std: object) -> tuple[tuple[float, ...], tuple[float,
     if min(s) <= 0.0:
         raise ValueError(f"std must be > 0 per channel, got {s}")
     return m, s
+
+
+def real_in(
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> float:
+    """``value`` as a finite float within the given bounds (open ``above``/``below``, closed
+    ``at_least``/``at_most``; give at most one lower and one upper bound).
+
+    Example:
+        >>> real_in("C", 2, above=0.0)
+        2.0
+        >>> real_in("val_fraction", 1.0, above=0.0, below=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: val_fraction must be a real number in (0.0, 1.0), got 1.0
+    """
+    x = real(name, value)
+    low, low_open = (above, True) if above is not None else (at_least, False)
+    high, high_open = (below, True) if below is not None else (at_most, False)
+    too_low = low is not None and (x <= low if low_open else x < low)
+    too_high = high is not None and (x >= high if high_open else x > high)
+    if too_low or too_high:
+        if high is None:
+            allowed = f"{'>' if low_open else '>='} {low}"
+        elif low is None:
+            allowed = f"{'<' if high_open else '<='} {high}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a real number {allowed}, got {x}")
+    return x

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from protohead import _validation as check
 from protohead.memory import PrototypeMemoryBank
 
 __all__ = ["PrototypeClassifier"]
@@ -59,18 +58,10 @@ class PrototypeClassifier(nn.Module):
         memory: PrototypeMemoryBank | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        dim = check.integer("dim", dim, minimum=1)
+        num_classes = check.integer("num_classes", num_classes, minimum=1)
         if temperature is not None:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-                raise TypeError(
-                    f"temperature must be a float or None, got {type(temperature).__name__}"
-                )
-            if not math.isfinite(temperature) or temperature <= 0:
-                raise ValueError(f"temperature must be > 0 or None, got {temperature}")
+            temperature = check.real_in("temperature", temperature, above=0)
         if memory is not None:
             if not isinstance(memory, PrototypeMemoryBank):
                 raise TypeError(

@@ -10,18 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from protohead import _validation as check
+
 __all__ = ["EMATeacher", "MomentumSchedule", "cosine_momentum_schedule"]
 
 MomentumSchedule = Callable[[int], float]
 """Maps the number of updates done so far to the momentum of the next update."""
-
-
-def _check_momentum(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return float(value)
 
 
 def cosine_momentum_schedule(
@@ -45,10 +39,9 @@ def cosine_momentum_schedule(
         >>> schedule(0), schedule(100), round(schedule(50), 4)
         (0.99, 1.0, 0.995)
     """
-    base = _check_momentum("base", base)
-    final = _check_momentum("final", final)
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    base = check.probability("base", base)
+    final = check.probability("final", final)
+    total_steps = check.integer("total_steps", total_steps, minimum=1)
 
     def schedule(step: int) -> float:
         progress = min(max(step, 0), total_steps) / total_steps
@@ -106,7 +99,7 @@ class EMATeacher(nn.Module):
         super().__init__()
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
-        self.momentum = _check_momentum("momentum", momentum)
+        self.momentum = check.probability("momentum", momentum)
         # Checked here: a non-callable would otherwise fail only at the first update().
         if momentum_schedule is not None and not callable(momentum_schedule):
             raise TypeError(
@@ -123,7 +116,9 @@ class EMATeacher(nn.Module):
         """Momentum that the next :meth:`update` will use."""
         if self.momentum_schedule is None:
             return self.momentum
-        return _check_momentum("momentum_schedule(step)", self.momentum_schedule(self.num_updates))
+        return check.probability(
+            "momentum_schedule(step)", self.momentum_schedule(self.num_updates)
+        )
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from protohead import _validation as check
 from protohead._trex_checks import check_step
 from protohead.backbone import BackboneAdapter, _is_timm_model
 from protohead.classifier import PrototypeClassifier
@@ -160,12 +161,8 @@ class TReX(nn.Module):
     ) -> None:
         super().__init__()
         backbone, feature_dim = _resolve_backbone(backbone, feature_dim, small_input_stem)
-        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
-            raise ValueError(f"memory_size must be an int >= 0, got {memory_size!r}")
-        if isinstance(num_global_crops, bool) or not isinstance(num_global_crops, int):
-            raise TypeError(f"num_global_crops must be an int, got {num_global_crops!r}")
-        if num_global_crops < 1:
-            raise ValueError(f"num_global_crops must be >= 1, got {num_global_crops}")
+        memory_size = check.integer("memory_size", memory_size, minimum=0)
+        num_global_crops = check.integer("num_global_crops", num_global_crops, minimum=1)
 
         projector: Projector | None = None
         out_dim = feature_dim
@@ -374,6 +371,4 @@ def _is_library_model(module: nn.Module) -> bool:
 def _checked_dim(given: int | None, actual: int) -> int:
     if given is not None and given != actual:
         raise ValueError(f"feature_dim must match the backbone's {actual}, got {given}")
-    if isinstance(actual, bool) or not isinstance(actual, int) or actual < 1:
-        raise ValueError(f"feature_dim must be an int >= 1, got {actual!r}")
-    return actual
+    return check.integer("feature_dim", actual, minimum=1)

@@ -7,16 +7,9 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from protohead import _validation as check
+
 __all__ = ["Projector"]
-
-
-def _check_positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    lowest = 0 if allow_zero else 1
-    if value < lowest:
-        raise ValueError(f"{name} must be >= {lowest}, got {value}")
-    return value
 
 
 class Projector(nn.Module):
@@ -68,12 +61,10 @@ class Projector(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
-        self.in_dim = _check_positive_int("in_dim", in_dim)
-        self.out_dim = _check_positive_int("out_dim", out_dim)
-        self.hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
-        self.num_hidden_layers = _check_positive_int(
-            "num_hidden_layers", num_hidden_layers, allow_zero=True
-        )
+        self.in_dim = check.integer("in_dim", in_dim, minimum=1)
+        self.out_dim = check.integer("out_dim", out_dim, minimum=1)
+        self.hidden_dim = check.integer("hidden_dim", hidden_dim, minimum=1)
+        self.num_hidden_layers = check.integer("num_hidden_layers", num_hidden_layers, minimum=0)
         self.input_l2_norm = bool(input_l2_norm)
 
         layers: list[nn.Module] = []

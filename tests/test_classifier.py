@@ -118,12 +118,12 @@ def test_autocast_bf16_gives_bf16_logits_close_to_fp32(memory):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"temperature": 0.0}, ValueError, r"temperature must be > 0 or None, got 0.0"),
-        ({"temperature": -1.0}, ValueError, r"temperature must be > 0 or None, got -1.0"),
-        ({"temperature": float("nan")}, ValueError, "temperature must be > 0"),
-        ({"temperature": "0.1"}, TypeError, "temperature must be a float or None"),
-        ({"dim": 0}, ValueError, "dim must be >= 1, got 0"),
-        ({"num_classes": -3}, ValueError, "num_classes must be >= 1, got -3"),
+        ({"temperature": 0.0}, ValueError, r"temperature must be a real number > 0, got 0.0"),
+        ({"temperature": -1.0}, ValueError, r"temperature must be a real number > 0, got -1.0"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be finite, got nan"),
+        ({"temperature": "0.1"}, TypeError, "temperature must be a real number, got str"),
+        ({"dim": 0}, ValueError, "dim must be an int >= 1, got 0"),
+        ({"num_classes": -3}, ValueError, "num_classes must be an int >= 1, got -3"),
         ({"memory": object()}, TypeError, "memory must be a PrototypeMemoryBank"),
         ({"memory": PrototypeMemoryBank(5, 4, 3)}, ValueError, "memory must have dim=4"),
         (

@@ -143,9 +143,9 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"momentum": 1.5}, ValueError, r"momentum must lie in \[0, 1\], got 1.5"),
-        ({"momentum": -0.1}, ValueError, r"momentum must lie in \[0, 1\]"),
-        ({"momentum": "0.9"}, TypeError, "momentum must be a float"),
+        ({"momentum": 1.5}, ValueError, r"momentum must be a probability in \[0, 1\], got 1.5"),
+        ({"momentum": -0.1}, ValueError, r"momentum must be a probability in \[0, 1\]"),
+        ({"momentum": "0.9"}, TypeError, "momentum must be a real number, got str"),
         ({"momentum_schedule": lambda step: 2.0}, ValueError, r"momentum_schedule\(step\)"),
     ],
 )

@@ -224,10 +224,10 @@ def test_bad_labels_raise(labels, exc, match):
     ("kwargs", "exc", "match"),
     [
         ({"memory_size": -1}, ValueError, "memory_size must be an int >= 0, got -1"),
-        ({"num_global_crops": 0}, ValueError, "num_global_crops must be >= 1, got 0"),
-        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
-        ({"projector_hidden_layers": -2}, ValueError, "num_hidden_layers must be >= 0"),
-        ({"ema_momentum": 2.0}, ValueError, r"momentum must lie in \[0, 1\]"),
+        ({"num_global_crops": 0}, ValueError, "num_global_crops must be an int >= 1, got 0"),
+        ({"temperature": 0.0}, ValueError, "temperature must be a real number > 0"),
+        ({"projector_hidden_layers": -2}, ValueError, "num_hidden_layers must be an int >= 0"),
+        ({"ema_momentum": 2.0}, ValueError, r"momentum must be a probability in \[0, 1\]"),
     ],
 )
 def test_constructor_validation(kwargs, exc, match):

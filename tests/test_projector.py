@@ -71,10 +71,14 @@ def test_forward_compiles_fullgraph():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"in_dim": 0}, ValueError, "in_dim must be >= 1, got 0"),
-        ({"in_dim": 8, "out_dim": -2}, ValueError, "out_dim must be >= 1, got -2"),
-        ({"in_dim": 8, "hidden_dim": 0}, ValueError, "hidden_dim must be >= 1"),
-        ({"in_dim": 8, "num_hidden_layers": -1}, ValueError, "num_hidden_layers must be >= 0"),
+        ({"in_dim": 0}, ValueError, "in_dim must be an int >= 1, got 0"),
+        ({"in_dim": 8, "out_dim": -2}, ValueError, "out_dim must be an int >= 1, got -2"),
+        ({"in_dim": 8, "hidden_dim": 0}, ValueError, "hidden_dim must be an int >= 1"),
+        (
+            {"in_dim": 8, "num_hidden_layers": -1},
+            ValueError,
+            "num_hidden_layers must be an int >= 0",
+        ),
         ({"in_dim": 8.0}, TypeError, "in_dim must be an int"),
     ],
 )

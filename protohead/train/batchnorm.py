@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from protohead import _validation as check
 from protohead.distributed import get_world_size
 from protohead.train.launch import all_reduce_sum
 
@@ -76,8 +77,7 @@ def recalibrate_batchnorm(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches must be an int >= 1, got {num_batches!r}")
+    num_batches = check.integer("num_batches", num_batches, minimum=1)
     layers = _batchnorms(module)
     if not layers:
         return 0

@@ -15,21 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from protohead import _validation as check
+
 __all__ = ["WarmupCosineLR", "lr_at", "param_groups", "scaled_lr"]
-
-
-def _positive_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _non_negative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"{name} must be a finite float >= 0, got {value}")
-    return float(value)
 
 
 def scaled_lr(base_lr: float, global_batch_size: int, reference_batch_size: int = 256) -> float:
@@ -48,9 +36,9 @@ def scaled_lr(base_lr: float, global_batch_size: int, reference_batch_size: int 
         >>> scaled_lr(0.1, 64 * 4)  # 4 GPUs x 64 images, the paper's ImageNet setting
         0.1
     """
-    lr = _non_negative("base_lr", base_lr)
-    batch = _positive_int("global_batch_size", global_batch_size, 1)
-    reference = _positive_int("reference_batch_size", reference_batch_size, 1)
+    lr = check.real_in("base_lr", base_lr, at_least=0)
+    batch = check.integer("global_batch_size", global_batch_size, minimum=1)
+    reference = check.integer("reference_batch_size", reference_batch_size, minimum=1)
     return lr * batch / reference
 
 
@@ -81,7 +69,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    decay = _non_negative("weight_decay", weight_decay)
+    decay = check.real_in("weight_decay", weight_decay, at_least=0)
     decayed: list[nn.Parameter] = []
     plain: list[nn.Parameter] = []
     for param in model.parameters():
@@ -117,11 +105,11 @@ def lr_at(
         ...  for s in (0, 1, 2, 6, 10)]
         [0.0, 0.5, 1.0, 0.5, 0.0]
     """
-    step = _positive_int("step", step, 0)
-    peak = _non_negative("base_lr", base_lr)
-    total = _positive_int("total_steps", total_steps, 1)
-    warmup = _positive_int("warmup_steps", warmup_steps, 0)
-    floor = _non_negative("final_lr", final_lr)
+    step = check.integer("step", step, minimum=0)
+    peak = check.real_in("base_lr", base_lr, at_least=0)
+    total = check.integer("total_steps", total_steps, minimum=1)
+    warmup = check.integer("warmup_steps", warmup_steps, minimum=0)
+    floor = check.real_in("final_lr", final_lr, at_least=0)
     if warmup > total:
         raise ValueError(f"warmup_steps must be <= total_steps={total}, got {warmup}")
     if floor > peak:

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sized
 
 from torch.utils.data import Sampler
 
+from protohead import _validation as check
 from protohead.distributed import get_rank, get_world_size
 
 __all__ = ["ShardedEvalSampler"]
@@ -40,11 +41,9 @@ class ShardedEvalSampler(Sampler[int]):
         if not isinstance(data_source, Sized):
             raise TypeError(f"data_source must have a length, got {type(data_source).__name__}")
         replicas = get_world_size() if num_replicas is None else num_replicas
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ValueError(f"num_replicas must be an int >= 1, got {replicas!r}")
+        replicas = check.integer("num_replicas", replicas, minimum=1)
         this = get_rank() if rank is None else rank
-        if isinstance(this, bool) or not isinstance(this, int) or not 0 <= this < replicas:
-            raise ValueError(f"rank must be an int in [0, {replicas}), got {this!r}")
+        this = check.integer("rank", this, minimum=0, maximum=replicas - 1)
         self.num_samples_total = len(data_source)
         self.num_replicas = replicas
         self.rank = this

@@ -15,16 +15,12 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from protohead import _validation as check
+
 __all__ = ["SeededDataset", "SeededSampler", "sample_seed", "seed_everything"]
 
 T_co = TypeVar("T_co", covariant=True)
 _MASK64 = (1 << 64) - 1
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _mix(x: int) -> int:
@@ -51,9 +47,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
         >>> 0 <= sample_seed(7, 3, 11) < 2**63
         True
     """
-    x = _int("seed", seed, 0)
+    x = check.integer("seed", seed, minimum=0)
     for name, value in (("epoch", epoch), ("index", index)):
-        x = _mix((x + 0x9E3779B97F4A7C15 + _int(name, value, 0)) & _MASK64)
+        x = _mix((x + 0x9E3779B97F4A7C15 + check.integer(name, value, minimum=0)) & _MASK64)
     return x >> 1
 
 
@@ -65,7 +61,7 @@ def seed_everything(seed: int) -> None:
         >>> seed_everything(3); bool(torch.equal(a, torch.rand(1)))
         True
     """
-    value = _int("seed", seed, 0)
+    value = check.integer("seed", seed, minimum=0)
     random.seed(value)
     torch.manual_seed(value)
     try:
@@ -101,12 +97,12 @@ class SeededSampler(Sampler[tuple[int, int]]):
         if not isinstance(sampler, Sized):
             raise TypeError(f"sampler must have a length, got {type(sampler).__name__}")
         self.sampler: Any = sampler
-        self.seed = _int("seed", seed, 0)
+        self.seed = check.integer("seed", seed, minimum=0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (and forward it to the wrapped sampler if it takes one)."""
-        self.epoch = _int("epoch", epoch, 0)
+        self.epoch = check.integer("epoch", epoch, minimum=0)
         inner = getattr(self.sampler, "set_epoch", None)
         if callable(inner):
             inner(self.epoch)

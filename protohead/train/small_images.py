@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from protohead import _validation as check
 from protohead.presets import TReXPreset, get_preset
 
 __all__ = ["SMALL_IMAGE_OVERRIDES", "small_image_preset"]
@@ -69,8 +70,7 @@ def small_image_preset(preset: TReXPreset | str, image_size: int = 28) -> TReXPr
         preset = get_preset(preset)
     if not isinstance(preset, TReXPreset):
         raise TypeError(f"preset must be a TReXPreset or a name, got {type(preset).__name__}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= 96:
-        raise ValueError(f"image_size must be an int in [8, 96], got {image_size!r}")
+    image_size = check.integer("image_size", image_size, minimum=8, maximum=96)
     changes: dict[str, Any] = {"global_crop_size": image_size}
     if preset.num_local_crops == 0:
         changes.update({k: SMALL_IMAGE_OVERRIDES[k] for k in _BASELINE_OVERRIDES})

@@ -23,7 +23,7 @@ def test_scaled_lr_is_linear_in_batch_size():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"base_lr": -0.1, "global_batch_size": 8}, "base_lr must be a finite float >= 0"),
+        ({"base_lr": -0.1, "global_batch_size": 8}, "base_lr must be a real number >= 0"),
         ({"base_lr": 0.1, "global_batch_size": 0}, "global_batch_size must be an int >= 1"),
         ({"base_lr": 0.1, "global_batch_size": 8, "reference_batch_size": 0}, "reference"),
     ],
@@ -56,7 +56,7 @@ def test_param_groups_skip_frozen_parameters_and_empty_groups():
 def test_param_groups_rejects_bad_arguments():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         param_groups("model", 1e-4)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="weight_decay must be a finite float >= 0, got -1"):
+    with pytest.raises(ValueError, match="weight_decay must be a real number >= 0, got -1"):
         param_groups(nn.Linear(2, 2), -1.0)
 
 
@@ -97,7 +97,7 @@ def test_lr_at_is_bounded_and_monotone_in_each_phase(total, warmup_frac, base):
         ({"total_steps": 0}, "total_steps must be an int >= 1"),
         ({"warmup_steps": 11}, "warmup_steps must be <= total_steps=10, got 11"),
         ({"final_lr": 2.0}, "final_lr must be <= base_lr=1.0, got 2.0"),
-        ({"base_lr": math.nan}, "base_lr must be a finite float >= 0"),
+        ({"base_lr": math.nan}, "base_lr must be finite, got nan"),
     ],
 )
 def test_lr_at_rejects_bad_values(kwargs, match):

@@ -29,8 +29,8 @@ def test_defaults_to_a_single_process_without_a_process_group():
     ("kwargs", "match"),
     [
         ({"num_replicas": 0}, "num_replicas must be an int >= 1, got 0"),
-        ({"num_replicas": 2, "rank": 2}, r"rank must be an int in \[0, 2\), got 2"),
-        ({"num_replicas": 2, "rank": -1}, r"rank must be an int in \[0, 2\), got -1"),
+        ({"num_replicas": 2, "rank": 2}, r"rank must be an int in \[0, 1\], got 2"),
+        ({"num_replicas": 2, "rank": -1}, r"rank must be an int in \[0, 1\], got -1"),
     ],
 )
 def test_rejects_bad_ranks(kwargs, match):

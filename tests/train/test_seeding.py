@@ -42,10 +42,15 @@ def test_sample_seed_is_deterministic_63_bit_and_sensitive_to_each_input(seed, e
 
 
 @pytest.mark.parametrize(
-    ("args", "name"), [((-1, 0, 0), "seed"), ((0, -1, 0), "epoch"), ((0, 0, 1.5), "index")]
+    ("args", "error", "match"),
+    [
+        ((-1, 0, 0), ValueError, "seed must be an int >= 0, got -1"),
+        ((0, -1, 0), ValueError, "epoch must be an int >= 0, got -1"),
+        ((0, 0, 1.5), TypeError, "index must be an int, got float 1.5"),
+    ],
 )
-def test_sample_seed_rejects_bad_values(args, name):
-    with pytest.raises(ValueError, match=f"{name} must be an int >= 0"):
+def test_sample_seed_rejects_bad_values(args, error, match):
+    with pytest.raises(error, match=match):
         sample_seed(*args)
 
 

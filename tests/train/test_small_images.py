@@ -43,7 +43,7 @@ def test_accepts_a_preset_object_without_modifying_it():
     ("args", "error", "match"),
     [
         (("trex", 7), ValueError, r"image_size must be an int in \[8, 96\], got 7"),
-        (("trex", 28.0), ValueError, "image_size must be an int"),
+        (("trex", 28.0), TypeError, "image_size must be an int"),
         (("nope", 28), ValueError, "name must be one of"),
         ((3, 28), TypeError, "preset must be a TReXPreset or a name, got int"),
     ],

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from protohead import _transform_checks as check
+from protohead._pil_views import PILViewChain
 from protohead.collate_checks import check_batch, label_tensor, sample_pair
 
 __all__ = [
@@ -220,6 +221,8 @@ class MultiCropTransform:
         self.interpolation = _interpolation(interpolation)
         self._global = self._pipeline("global")
         self._local = self._pipeline("local")
+        self._global_pil = self._pil_chain("global")
+        self._local_pil = self._pil_chain("local")
         self._frozen = True
 
     def _pipeline(self, kind: str) -> Any:
@@ -243,6 +246,25 @@ class MultiCropTransform:
             ops.append(v2.RandomSolarize(threshold=_SOLARIZE_THRESHOLD, p=solarize_p))
         return v2.Compose(ops + _to_float(self.mean, self.std))
 
+    def _pil_chain(self, kind: str) -> PILViewChain:
+        """The same chain as :meth:`_pipeline` for PIL images, without v2's per-op dispatch."""
+        return PILViewChain(
+            getattr(self, f"{kind}_crop_size"),
+            getattr(self, f"{kind}_crop_scale"),
+            self.ratio,
+            self.interpolation,
+            self.flip_p,
+            self.color_jitter,
+            self.color_jitter_p,
+            self.grayscale_p,
+            getattr(self, f"{kind}_blur_p"),
+            self.blur_sigma,
+            getattr(self, f"{kind}_solarize_p"),
+            self.mean,
+            self.std,
+            _SOLARIZE_THRESHOLD,
+        )
+
     @property
     def num_crops(self) -> int:
         """Total number of crops per image: ``num_global_crops + num_local_crops``."""
@@ -251,8 +273,13 @@ class MultiCropTransform:
     def __call__(self, image: Image.Image | torch.Tensor) -> list[torch.Tensor]:
         """Returns ``num_crops`` views of ``image``, ``(c, h, w) -> [(3, s, s)] * num_crops``."""
         rgb = _to_rgb(image)
-        crops: list[torch.Tensor] = [self._global(rgb) for _ in range(self.num_global_crops)]
-        crops += [self._local(rgb) for _ in range(self.num_local_crops)]
+        # PIL images take the direct PIL chains (same draws and pixels as the v2 pipelines).
+        first: Callable[[Any], torch.Tensor] = self._global
+        rest: Callable[[Any], torch.Tensor] = self._local
+        if isinstance(rgb, Image.Image):
+            first, rest = self._global_pil, self._local_pil
+        crops = [first(rgb) for _ in range(self.num_global_crops)]
+        crops += [rest(rgb) for _ in range(self.num_local_crops)]
         return crops
 
     def __setattr__(self, name: str, value: object) -> None:

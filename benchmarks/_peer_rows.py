@@ -343,6 +343,9 @@ def _step_case(quick: bool, peer: str) -> Case:
 def step_rows(quick: bool, threads: int) -> list[Row]:
     crops = "64 + 8x28 px, batch 2" if quick else "224 + 8x96 px, batch 8"
     work = f"t-ReX training step, resnet18, {crops}"
+    # As in bench_train_step.py: the target holds for the paper's crops, where the backbone
+    # dominates; tiny crops weigh the projector's fixed cost far more.
+    target = "informative at tiny crops" if quick else "target >= 0.80, t-ReX <= 1.25x baseline"
     return [
         Row(
             "step/authors",
@@ -353,7 +356,7 @@ def step_rows(quick: bool, threads: int) -> list[Row]:
         ),
         Row(
             "step/baseline",
-            f"{work} (overhead row: target >= 0.80, i.e. t-ReX <= 1.25x the baseline)",
+            f"{work} (overhead: {target})",
             "plain supervised step, same crops",
             lambda: _step_case(quick, "baseline"),
             threads,

@@ -18,7 +18,7 @@ multi-crop rows use 1 thread and process CPU time per image; logistic regression
 and 2 threads (wall time). ``peer / protohead`` > 1 means protohead is faster.
 
     python benchmarks/bench_peers.py                   # full table (minutes on 2 cores)
-    python benchmarks/bench_peers.py --quick           # smoke run (< 60 s on 2 cores)
+    python benchmarks/bench_peers.py --quick           # smoke run, 1 thread (< 60 s on 2 cores)
     python benchmarks/bench_peers.py --list            # row ids
     python benchmarks/bench_peers.py --only memory,ema/timm   # rows whose id has a pattern
 """
@@ -105,9 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the row ids and exit")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per row")
     parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the memory, EMA and step rows (default: all; 1 with --quick)",
     )
     args = parser.parse_args(argv)
+    if args.threads is None:
+        # A smoke run must not depend on idle cores: oversubscribed threads on a busy 2-core
+        # machine made tiny ops 100x slower.
+        args.threads = 1 if args.quick else torch.get_num_threads()
     if args.threads < 1 or (args.rounds is not None and args.rounds < 1):
         parser.error(f"--threads and --rounds must be >= 1, got {args.threads}, {args.rounds}")
     rows = all_rows(args.quick, args.threads)

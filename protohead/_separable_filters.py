@@ -124,16 +124,15 @@ def crop_resize_separable(
     boxes: Tensor,
     size: tuple[int, int],
     valid: Tensor | None = None,
-    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Box ``i`` of image ``index[i]`` resampled to ``size`` as roi_align would, on the CPU.
 
     Shapes: images ``(b, c, h, w)`` float or uint8 (uint8 values are scaled to [0, 1]),
     index ``(n,)`` int, boxes ``(n, 4)`` ``(top, left, height, width)`` inside the valid
     region, valid ``(b, 2)`` int valid ``(h, w)`` per image (``None``: whole images) ->
-    ``(n, c, size_h, size_w)`` in ``out_dtype`` (default: float32 for uint8 input, else the
-    images' dtype). Boxes whose larger side is under 1.5x the output take one bilinear sample
-    per pixel, larger ones roi_align's adaptive ``ceil(box / size)`` grid (see
+    ``(n, c, size_h, size_w)``, float32 for uint8 input, else in the images' dtype. Boxes
+    whose larger side is under 1.5x the output take one bilinear sample per pixel, larger ones
+    roi_align's adaptive ``ceil(box / size)`` grid (see
     :func:`protohead.batched_kernels.crop_resize`). Arguments are not checked.
 
     Example:
@@ -144,10 +143,9 @@ def crop_resize_separable(
                   [6., 7.]]]])
     """
     work = torch.float32 if not images.is_floating_point() else images.dtype
-    dtype = out_dtype or work
     n, c = boxes.shape[0], images.shape[1]
     sh, sw = size
-    out = torch.empty((n, c, sh, sw), dtype=dtype)
+    out = torch.empty((n, c, sh, sw), dtype=work)
     if n == 0:
         return out
     top, left, height, width = boxes.to(work).unbind(1)

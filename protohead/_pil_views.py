@@ -17,7 +17,7 @@ on a 0..255 ramp: PIL blends every byte independently, so the table reproduces
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -135,6 +135,26 @@ class PILViewChain:
         self._solarize_lut = [i if i < solarize_threshold else 255 - i for i in range(256)] * 3
         self._mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    @classmethod
+    def of(cls, settings: Any, kind: str, solarize_threshold: int) -> PILViewChain:
+        """The ``kind`` ("global" or "local") chain of a ``MultiCropTransform``'s settings."""
+        return cls(
+            getattr(settings, f"{kind}_crop_size"),
+            getattr(settings, f"{kind}_crop_scale"),
+            settings.ratio,
+            settings.interpolation,
+            settings.flip_p,
+            settings.color_jitter,
+            settings.color_jitter_p,
+            settings.grayscale_p,
+            getattr(settings, f"{kind}_blur_p"),
+            settings.blur_sigma,
+            getattr(settings, f"{kind}_solarize_p"),
+            settings.mean,
+            settings.std,
+            solarize_threshold,
+        )
 
     def _box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """RandomResizedCrop's ``(top, left, h, w)``, drawn exactly as torchvision v2 does."""

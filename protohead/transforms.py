@@ -221,8 +221,9 @@ class MultiCropTransform:
         self.interpolation = _interpolation(interpolation)
         self._global = self._pipeline("global")
         self._local = self._pipeline("local")
-        self._global_pil = self._pil_chain("global")
-        self._local_pil = self._pil_chain("local")
+        # The same chains for PIL images, without v2's per-op dispatch.
+        self._global_pil = PILViewChain.of(self, "global", _SOLARIZE_THRESHOLD)
+        self._local_pil = PILViewChain.of(self, "local", _SOLARIZE_THRESHOLD)
         self._frozen = True
 
     def _pipeline(self, kind: str) -> Any:
@@ -245,25 +246,6 @@ class MultiCropTransform:
         if solarize_p > 0.0:
             ops.append(v2.RandomSolarize(threshold=_SOLARIZE_THRESHOLD, p=solarize_p))
         return v2.Compose(ops + _to_float(self.mean, self.std))
-
-    def _pil_chain(self, kind: str) -> PILViewChain:
-        """The same chain as :meth:`_pipeline` for PIL images, without v2's per-op dispatch."""
-        return PILViewChain(
-            getattr(self, f"{kind}_crop_size"),
-            getattr(self, f"{kind}_crop_scale"),
-            self.ratio,
-            self.interpolation,
-            self.flip_p,
-            self.color_jitter,
-            self.color_jitter_p,
-            self.grayscale_p,
-            getattr(self, f"{kind}_blur_p"),
-            self.blur_sigma,
-            getattr(self, f"{kind}_solarize_p"),
-            self.mean,
-            self.std,
-            _SOLARIZE_THRESHOLD,
-        )
 
     @property
     def num_crops(self) -> int:

@@ -55,9 +55,9 @@ def _blend_lut(degenerate: int, factor: float) -> list[int]:
 
 def _point(image: Image.Image, lut: list[int]) -> Image.Image:
     """``image.point(lut)`` for a table of ints, without its per-entry ``round`` in Python."""
-    try:
+    try:  # Image.point's own core call, minus its Python loop over the table
         return image._new(image.im.point(lut, None))
-    except AttributeError:  # PIL internals moved: the public call gives the same pixels
+    except (AttributeError, TypeError):  # PIL internals moved: the public call, same pixels
         return image.point(lut)
 
 

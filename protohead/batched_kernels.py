@@ -362,6 +362,7 @@ def crop_chain(
     flip: bool,
     fused: bool,
     out_dtype: torch.dtype,
+    normalize: bool = True,
 ) -> Tensor:
     """Colour ops, blur, solarize, flip and normalisation of ``GPUMultiCrop``'s crops.
 
@@ -371,6 +372,8 @@ def crop_chain(
     are static, so a compiled version specialises on them. ``fused`` picks the formulation
     that ``torch.compile`` turns into a few fused kernels (masked ops, shift-and-add blur,
     out-of-place normalisation and cast); otherwise the device's eager kernels run in place.
+    ``normalize=False`` returns the crops in ``[0, 1]`` for a caller that normalises them while
+    writing its outputs.
     """
     if jitter:
         x = color_jitter_(x, order, factors, jitter_mask, hue)
@@ -384,6 +387,8 @@ def crop_chain(
     if flip:
         # Every op after the crop is mirror-symmetric, so flipping last equals flipping first.
         x = flip_some(x, flip_mask)
+    if not normalize:
+        return x
     if fused:
         return ((x - mean) / std).to(out_dtype)
     # In place, then the caller's copy casts and lays out: a fused broadcast multiply-add into

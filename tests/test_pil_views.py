@@ -65,6 +65,7 @@ CONFIGS: list[dict[str, Any]] = [
     {"global_solarize_p": 1.0, "local_solarize_p": 0.5, "local_blur_p": 1.0, "flip_p": 1.0},
     {"ratio": (0.2, 5.0), "interpolation": InterpolationMode.BILINEAR},  # fallback crops
     {"interpolation": InterpolationMode.NEAREST, "global_crop_scale": (1.0, 1.0)},
+    {"interpolation": InterpolationMode.NEAREST_EXACT, "local_crop_scale": (0.5, 0.9)},
     {"flip_p": 0.0, "color_jitter_p": 0.0, "grayscale_p": 0.0, "global_blur_p": 0.0},
 ]
 

@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 LINT_PATHS := protohead tests conftest.py $(wildcard examples benchmarks)
 
-.PHONY: install test lint typecheck docs demo eval-demo fashion-mnist bench clean
+.PHONY: install test lint typecheck docs demo eval-demo fashion-mnist bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,14 @@ docs: $(STAMP)
 
 # One torch thread per xdist worker: oversubscribing 2 cores made the suite ~4x slower.
 # pytest's exit code 5 (nothing collected) is not a failure.
-test: lint typecheck docs
+test: lint typecheck docs bench-smoke
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto; rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Smoke run of the peer comparison (< 60 s on 2 cores): numbers are printed, never asserted;
+# rows of peers that are not installed (`pip install -e '.[bench]'`) are skipped with a note.
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py --quick
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py

@@ -11,36 +11,21 @@ alike. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from _timing import median_seconds
 
 from protohead import EMATeacher, PrototypeMemoryBank
 
 DEVICE = torch.device("cpu")
 
 
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
-def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in seconds (device work included)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timeit(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` in seconds on ``DEVICE`` (device work included)."""
+    return median_seconds(fn, repeats, device=DEVICE)
 
 
 class NaiveMemory:

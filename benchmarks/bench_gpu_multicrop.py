@@ -15,10 +15,10 @@ table (target >= 2x).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import cpu_seconds
 from PIL import Image
 
 from protohead.augment.batched import BatchedMultiCrop
@@ -27,9 +27,7 @@ from protohead.data.collate import multicrop_collate
 
 
 def images_per_second(fn: Callable[[], object], count: int) -> float:
-    start = time.process_time()
-    fn()
-    return count / (time.process_time() - start)
+    return count / cpu_seconds(fn)
 
 
 def main() -> None:

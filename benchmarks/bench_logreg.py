@@ -17,10 +17,10 @@ Run: ``python benchmarks/bench_logreg.py [--quick] [--c C] [--threads N] [--skip
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import timed
 
 from protohead.evaluation import LogisticRegression, SearchConfig, linear_probe
 
@@ -38,13 +38,6 @@ def make_data(
     x, y = draw(n)
     x_test, y_test = draw(n_test)
     return x, y, x_test, y_test
-
-
-def timed(fit):  # type: ignore[no-untyped-def]
-    """Run ``fit()``; return its result, wall seconds and process CPU seconds (all threads)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fit()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def objective(

@@ -307,27 +307,44 @@ class BatchedMultiCrop(nn.Module):
             for p, s, _, _ in groups
         ]
         step = self.cpu_chunk_size if device.type == "cpu" else b
+        cpu = kernels.compacts(device)
+        # On the CPU crops come back in [0, 1] and are normalised while written to the outputs:
+        # one pass instead of subtract, divide and copy.
+        scale, shift = (1.0 / self._std)[0], (-self._mean / self._std)[0]
         for start in range(0, b, step):
             stop = min(b, start + step)
-            source = valid_region_float(
-                batch[start:stop], None if sizes is None else sizes[start:stop]
-            )
+            chunk, valid = batch[start:stop], None if sizes is None else sizes[start:stop]
+            if cpu:
+                # The CPU resampler reads each box's window straight from the uint8 images
+                # (clamped to the valid sizes), so a crop's cost does not grow with its source.
+                source = chunk.expand(-1, 3, -1, -1)
+            else:
+                source, valid = valid_region_float(chunk, valid), None
             for (p, s, blur_p, solarize_p), crop_outs in zip(groups, outs, strict=True):
                 if p.num_crops == 0:
                     continue
-                crops = self._crops(source, p.images(start, stop), s, blur_p, solarize_p)
+                crops = self._crops(source, valid, p.images(start, stop), s, blur_p, solarize_p)
                 crops = crops.view(p.num_crops, stop - start, 3, s, s)
                 for k, out in enumerate(crop_outs):
-                    out[start:stop].copy_(crops[k])
+                    if cpu:
+                        torch.addcmul(shift, crops[k], scale, out=out[start:stop])
+                    else:
+                        out[start:stop].copy_(crops[k])
         return [out for crop_outs in outs for out in crop_outs]
 
     def _crops(
-        self, source: Tensor, p: CropParams, size: int, blur_p: float, solarize_p: float
+        self,
+        source: Tensor,
+        valid: Tensor | None,
+        p: CropParams,
+        size: int,
+        blur_p: float,
+        solarize_p: float,
     ) -> Tensor:
         """Normalised crops of one size for a chunk: ``(b, 3, h, w) -> (n * b, 3, size, size)``."""
         image = torch.arange(p.batch_size, device=source.device).repeat(p.num_crops)
         boxes = torch.stack([p.flat("top"), p.flat("left"), p.flat("height"), p.flat("width")], 1)
-        x = crop_resize(source, image, boxes, (size, size))
+        x = crop_resize(source, image, boxes, (size, size), valid)
         fused = self.fuse and not kernels.compacts(source.device)
         names = ("brightness", "contrast", "saturation", "hue")
         chain = kernels.fused_crop_chain() if fused else kernels.crop_chain
@@ -351,4 +368,5 @@ class BatchedMultiCrop(nn.Module):
             flip=self.flip_p > 0.0,
             fused=fused,
             out_dtype=self.output_dtype if fused else x.dtype,
+            normalize=not kernels.compacts(source.device),
         )

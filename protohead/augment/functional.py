@@ -124,7 +124,8 @@ def resized_crops(
     bicubic ``resized_crop``: mean absolute difference about 1 level on 0-255 textured images
     (1.0-1.1 for t-ReX crops of 256 px images, 0.7 of 512 px ones; supersampling below 1.5x
     would only move it further away, to 1.2-1.3). Samples never leave the box's image; its
-    edge row/column is repeated at the border.
+    edge row/column is repeated at the border. On the CPU the same resampling runs in its
+    separable form, equal up to float rounding and reading only each box's rows and columns.
 
     Shapes: images ``(b, c, h, w)`` float, index ``(n,)`` int in ``[0, b)``, boxes ``(n, 4)``
     as ``(top, left, height, width)`` in pixels, finite, with ``height, width > 0`` and inside

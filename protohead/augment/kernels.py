@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from protohead.augment._separable_filters import crop_resize_separable, gaussian_blur_bags
+
 __all__ = [
     "blend_",
     "blur_separable",
@@ -212,13 +214,16 @@ def blur_taps(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
 def blur_separable(x: Tensor, weights: Tensor, shift: bool | None = None) -> Tensor:
     """Separable blur with per-sample taps ``(n, k)`` and reflect padding (as torchvision).
 
-    Shift-and-add (``shift=True``; the default on the CPU, where it beats a depthwise
-    convolution several times over at these sizes, and the form ``torch.compile`` fuses into
-    one kernel per axis) or a grouped convolution, one kernel per sample and channel
-    (``shift=False``; the eager default elsewhere).
+    Three equal formulations: shift-and-add (``shift=True``; the form ``torch.compile`` fuses
+    into one kernel per axis), a grouped convolution, one kernel per sample and channel
+    (``shift=False``; the eager default on accelerators) and, the default on the CPU, weighted
+    row gathers (:func:`~protohead.augment._separable_filters.gaussian_blur_bags`: a few times
+    faster than shift-and-add there, which beats the convolution several times over).
     """
     if shift is None:
-        shift = x.device.type == "cpu"
+        if x.device.type == "cpu":
+            return gaussian_blur_bags(x, weights)
+        shift = False
     if shift:
         return _blur_shift(x, weights)
     return _blur_conv(x, weights)
@@ -309,29 +314,30 @@ def blur_some(x: Tensor, taps: Tensor, mask: Tensor, shift: bool | None = None) 
     return x
 
 
-def crop_resize(images: Tensor, index: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+def crop_resize(
+    images: Tensor, index: Tensor, boxes: Tensor, size: tuple[int, int], valid: Tensor | None = None
+) -> Tensor:
     """Box ``i`` of image ``index[i]`` resampled to ``size`` (see ``resized_crops``).
 
     Boxes at least ``ANTIALIAS_FROM`` times the output size (larger side) get roi_align's
     adaptive supersampling (``ceil(box / size)`` bilinear samples per pixel and axis, averaged);
     smaller ones plain bilinear interpolation (one sample), which is also closer to
     torchvision's antialiased bicubic there (measured MAE 1.04-1.10 vs 1.17-1.27 levels).
+
+    On the CPU (:func:`compacts`) the same resampling runs in its separable form
+    (:func:`~protohead.augment._separable_filters.crop_resize_separable`), which reads only each
+    box's window, so ``images`` may also be uint8 (scaled to [0, 1]) with per-image ``valid`` sizes
+    ``(b, 2)`` that clamp the taps like the image border. Elsewhere ``images`` are float and
+    ``valid`` must be None (pad with :func:`~protohead.augment.image_batch.valid_region_float`).
     """
+    if compacts(images.device):
+        return crop_resize_separable(images, index, boxes, size, valid)
     top, left, height, width = boxes.to(images.dtype).unbind(1)
     rois = torch.stack([index.to(images.dtype), left, top, left + width, top + height], dim=1)
-    downscale = torch.maximum(height / size[0], width / size[1])
-    plain = downscale < ANTIALIAS_FROM
-    index_plain = _selected(plain)
-    if index_plain is None:
-        bilinear = roi_align(images, rois, size, 1.0, 1, True)
-        supersampled = roi_align(images, rois, size, 1.0, -1, True)
-        out: Tensor = torch.where(col(plain), bilinear, supersampled)
-        return out
-    index_aa = (~plain).nonzero().squeeze(1)
-    out = images.new_empty((rois.shape[0], images.shape[1], *size))
-    for rows, ratio in ((index_plain, 1), (index_aa, -1)):
-        if rows.numel() > 0:
-            out.index_copy_(0, rows, roi_align(images, rois[rows], size, 1.0, ratio, True))
+    plain = torch.maximum(height / size[0], width / size[1]) < ANTIALIAS_FROM
+    bilinear = roi_align(images, rois, size, 1.0, 1, True)
+    supersampled = roi_align(images, rois, size, 1.0, -1, True)
+    out: Tensor = torch.where(col(plain), bilinear, supersampled)
     return out
 
 
@@ -356,6 +362,7 @@ def crop_chain(
     flip: bool,
     fused: bool,
     out_dtype: torch.dtype,
+    normalize: bool = True,
 ) -> Tensor:
     """Colour ops, blur, solarize, flip and normalisation of ``BatchedMultiCrop``'s crops.
 
@@ -365,6 +372,8 @@ def crop_chain(
     are static, so a compiled version specialises on them. ``fused`` picks the formulation
     that ``torch.compile`` turns into a few fused kernels (masked ops, shift-and-add blur,
     out-of-place normalisation and cast); otherwise the device's eager kernels run in place.
+    ``normalize=False`` returns the crops in ``[0, 1]`` for a caller that normalises them while
+    writing its outputs.
     """
     if jitter:
         x = color_jitter_(x, order, factors, jitter_mask, hue)
@@ -378,6 +387,8 @@ def crop_chain(
     if flip:
         # Every op after the crop is mirror-symmetric, so flipping last equals flipping first.
         x = flip_some(x, flip_mask)
+    if not normalize:
+        return x
     if fused:
         return ((x - mean) / std).to(out_dtype)
     # In place, then the caller's copy casts and lays out: a fused broadcast multiply-add into

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from protohead import _validation as check
+from protohead.augment._pil_views import PILViewChain
 from protohead.augment.config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -146,6 +147,9 @@ class MultiCropTransform:
         self.config = MultiCropConfig.resolve(config, settings)
         self._global = self._pipeline("global")
         self._local = self._pipeline("local")
+        # The same chains for PIL images, without v2's per-op dispatch.
+        self._global_pil = PILViewChain.of(self, "global", _SOLARIZE_THRESHOLD)
+        self._local_pil = PILViewChain.of(self, "local", _SOLARIZE_THRESHOLD)
         self._frozen = True
 
     def __getattr__(self, name: str) -> Any:
@@ -183,8 +187,13 @@ class MultiCropTransform:
     def __call__(self, image: Image.Image | torch.Tensor) -> list[torch.Tensor]:
         """Returns ``num_crops`` views of ``image``, ``(c, h, w) -> [(3, s, s)] * num_crops``."""
         rgb = _to_rgb(image)
-        crops: list[torch.Tensor] = [self._global(rgb) for _ in range(self.num_global_crops)]
-        crops += [self._local(rgb) for _ in range(self.num_local_crops)]
+        # PIL images take the direct PIL chains (same draws and pixels as the v2 pipelines).
+        first: Callable[[Any], torch.Tensor] = self._global
+        rest: Callable[[Any], torch.Tensor] = self._local
+        if isinstance(rgb, Image.Image):
+            first, rest = self._global_pil, self._local_pil
+        crops = [first(rgb) for _ in range(self.num_global_crops)]
+        crops += [rest(rgb) for _ in range(self.num_local_crops)]
         return crops
 
     def __setattr__(self, name: str, value: object) -> None:

@@ -160,13 +160,14 @@ def test_same_seed_gives_same_crops() -> None:
 # Statistics of the random ops
 
 
-def test_crop_area_within_configured_scale() -> None:
+@pytest.mark.parametrize("path", ["pil", "tensor"])
+def test_crop_area_within_configured_scale(path: str) -> None:
     # Pixel values encode coordinates (x in channel 0, y in channel 1), and a nearest-neighbour
     # upsampling to the full size samples every source pixel, so min/max decode the crop box.
     side, n = 64, 1000
     coords = torch.arange(side, dtype=torch.uint8) * 4
     image = torch.stack([coords.expand(side, side), coords[:, None].expand(side, side)])
-    image = torch.cat([image, torch.zeros(1, side, side, dtype=torch.uint8)])
+    image = as_input(torch.cat([image, torch.zeros(1, side, side, dtype=torch.uint8)]), path)
     scales = {"global": (0.25, 0.75), "local": (0.05, 0.25)}
     t = MultiCropTransform(
         num_local_crops=1,

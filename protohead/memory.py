@@ -84,6 +84,13 @@ class PrototypeMemoryBank(nn.Module):
     ``num_skipped_updates``. ``load_state_dict`` checks all of them (shapes, dtypes, label and
     pointer ranges) before copying any, so a rejected state leaves the memory as it was.
 
+    **Casts.** Module casts (``.half()``, ``.bfloat16()``, ``.float()``, ``.double()``,
+    ``.to(dtype)``, also through a parent module such as :class:`~protohead.TReX`) leave
+    every buffer's dtype alone: the ring stays float32 (features are stored as float32
+    whatever the input dtype, and casting it would round stored features), the sums
+    float64, labels and counters int64. Device moves apply as usual; :meth:`prototypes`
+    returns float32, which the classifier casts to its input's dtype.
+
     Args:
         dim: Feature dimension, >= 1.
         size: Number of (feature, label) slots, >= 1. The paper uses 8192.
@@ -346,8 +353,15 @@ class PrototypeMemoryBank(nn.Module):
         return consts
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PrototypeMemoryBank:
-        super()._apply(fn, recurse)
-        self._link_views()  # of the moved buffers
+        # Module casts (.half(), .double(), .to(torch.bfloat16), a parent's .float()...) would
+        # turn the float64 sums into float32 (an index_add_ dtype error at the next update)
+        # and round the float32 ring. Every buffer keeps its dtype; only device moves apply.
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(device=moved.device)
+
+        super()._apply(keep_dtype, recurse)
+        self._link_views()
         self._batch_constants.clear()  # they live on the old device
         return self
 

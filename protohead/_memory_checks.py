@@ -90,9 +90,10 @@ def batch_validity(features: Tensor, labels: Tensor, num_classes: int) -> Tensor
     lowest, highest = torch.aminmax(labels)
     # Non-negative exactly when both are: lowest >= 0 and highest <= num_classes - 1.
     in_range = lowest.bitwise_or(num_classes - 1 - highest)
-    # x * 0 is 0 for every finite x and NaN for NaN and inf, so the sum is 0 or NaN (it cannot
-    # overflow, unlike a sum of the features), and NaN <= anything is false.
-    finite_zero = features.mul(0).sum()
+    # A float64 sum of float32 values cannot overflow, so it is finite iff every feature is,
+    # and times 0 it is 0, or NaN for NaN and inf; NaN <= anything is false. (One read of
+    # the batch, no temporary.)
+    finite_zero = features.sum(dtype=torch.float64).mul_(0)
     return finite_zero.le(in_range)
 
 

@@ -1,9 +1,9 @@
 """Ring writes and running class sums of :class:`~protohead.memory.PrototypeMemoryBank` (internal).
 
-The arithmetic of the memory, kept apart from its API, input checks and state handling. Every
-function here runs on the device without reading a value on the host and dispatches a fixed
-number of ops whatever the values, so a ``"skip"``-mode step never stalls and can be captured
-in a CUDA graph (after one warm-up call per batch size, which builds the constants).
+The arithmetic of the memory, kept apart from its API, input checks and state handling.
+Nothing here reads a value on the host. A ``"skip"``-mode step (gated on the device)
+dispatches a fixed sequence of ops whatever the values, so it never stalls and can be
+captured in a CUDA graph after one warm-up call per batch size, which builds the constants.
 
 Derived state (``k = num_classes``): ``sums (k + 1, dim)`` float64 and ``counts (k + 1, 1)``
 int64 hold each class's sum and number of stored features. Row ``k``, the extra bucket,
@@ -31,10 +31,13 @@ class BatchConstants(NamedTuple):
     count_signs: Tensor  # (2b, 1) int64: -1 for the b evicted rows, +1 for the b new ones
     extra_bucket: Tensor  # () int64: k
     deltas: Tensor  # (2b, dim) float64 scratch: -evicted rows, then new rows
+    evicted_deltas: Tensor  # deltas[:b]
+    new_deltas: Tensor  # deltas[b:]
+    evicted: Tensor  # (b, dim) float32 scratch: the rows read from the ring
     batch: Tensor  # (b, dim) float32 scratch: the rows written to the ring
-    batch_units: Tensor  # ``batch`` as seen by copy_rows_
+    batch_units: Tensor  # row_units(batch)
     normalised: Tensor  # (2b, dim) float32 scratch: renormalised sums
-    normalised_units: Tensor  # ``normalised`` as seen by copy_rows_
+    normalised_units: Tensor  # row_units(normalised)
 
 
 def batch_constants(rows: int, dim: int, num_classes: int, device: torch.device) -> BatchConstants:
@@ -43,11 +46,15 @@ def batch_constants(rows: int, dim: int, num_classes: int, device: torch.device)
     count_signs[:rows] = -1
     batch = torch.empty(rows, dim, device=device)
     normalised = torch.empty(2 * rows, dim, device=device)
+    deltas = torch.empty(2 * rows, dim, dtype=torch.float64, device=device)
     return BatchConstants(
         offsets=torch.arange(rows, device=device),
         count_signs=count_signs,
         extra_bucket=torch.tensor(num_classes, device=device),
-        deltas=torch.empty(2 * rows, dim, dtype=torch.float64, device=device),
+        deltas=deltas,
+        evicted_deltas=deltas[:rows],
+        new_deltas=deltas[rows:],
+        evicted=torch.empty(rows, dim, device=device),
         batch=batch,
         batch_units=row_units(batch),
         normalised=normalised,
@@ -86,43 +93,55 @@ def enqueue(
     labels: Tensor,
     consts: BatchConstants,
     valid: Tensor | None,
+    start: int | None = None,
 ) -> Tensor:
     """Writes a batch at ``ptr`` over the oldest rows and moves the class sums and counts.
 
     ``valid`` (a 0-d bool tensor) gates every write on the device: when it is false, the
     ring, the pointer and every class's sum and count stay bit-identical. ``None`` means the
-    batch is known to be valid (checked on the host), which saves the gating.
+    batch is known to be valid (checked on the host), which saves the gating; then
+    ``start``, the pointer's value if the host read it, lets a batch that does not wrap
+    around the ring be read and written as contiguous slices.
 
     Shapes: ``features (b, dim)`` float32, ``labels (b,)`` int64 with ``b <= ring rows``;
     ``ring_units`` is ``row_units(ring)`` ``-> (2b,)`` int64, the buckets (rows of ``sums``)
     that changed: those of the evicted rows, then those of the new rows.
     """
-    size, rows = ring.shape[0], features.shape[0]
-    slots = consts.offsets.add(ptr).remainder_(size)
-    old_features = ring.index_select(0, slots)
-    old_labels = ring_labels.index_select(0, slots)
-    # Label -1 (an empty slot) wraps to the extra bucket.
-    buckets = torch.cat([old_labels, labels]).remainder_(sums.shape[0])
-    if valid is not None:
-        # A skipped batch writes the evicted rows back over themselves and parks its sum
-        # and count updates in the extra bucket, so every class stays bit-identical.
-        features = torch.where(valid, features, old_features, out=consts.batch)
-        labels = torch.where(valid, labels, old_labels)
-        buckets = torch.where(valid, buckets, consts.extra_bucket)
-        ptr.add_(valid, alpha=rows)
+    size, rows, extra_bucket = ring.shape[0], features.shape[0], sums.shape[0] - 1
+    if valid is None and start is not None and start + rows <= size:
+        old_features, old_labels = ring[start : start + rows], ring_labels[start : start + rows]
+        buckets = torch.cat([old_labels, labels]).remainder_(extra_bucket + 1)  # -1 -> extra
+        torch.mul(old_features, -1, out=consts.evicted_deltas)  # before the rows go
+        old_features.copy_(features)
+        old_labels.copy_(labels)
+        ptr.fill_((start + rows) % size)
     else:
-        ptr.add_(rows)
-    ptr.remainder_(size)
-    if ring_units.dtype == torch.complex128:
-        if valid is None:
-            features = consts.batch.copy_(features)
-        ring_units.index_copy_(0, slots, consts.batch_units)
-    else:
-        ring_units.index_copy_(0, slots, features)
-    ring_labels.index_copy_(0, slots, labels)
-    # One scatter-add moves each class sum by (new rows - evicted rows).
-    deltas = torch.cat([old_features.neg_(), features], out=consts.deltas)
-    sums.index_add_(0, buckets, deltas)
+        slots = consts.offsets.add(ptr).remainder_(size)
+        old_features = torch.index_select(ring, 0, slots, out=consts.evicted)
+        old_labels = ring_labels.index_select(0, slots)
+        buckets = torch.cat([old_labels, labels]).remainder_(extra_bucket + 1)  # -1 -> extra
+        if valid is not None:
+            # A skipped batch writes the evicted rows back over themselves and parks its sum
+            # and count updates in the extra bucket, so every class stays bit-identical.
+            features = torch.where(valid, features, old_features, out=consts.batch)
+            labels = torch.where(valid, labels, old_labels)
+            buckets = torch.where(valid, buckets, consts.extra_bucket)
+            ptr.add_(valid, alpha=rows)
+        else:
+            ptr.add_(rows)
+        ptr.remainder_(size)
+        torch.mul(old_features, -1, out=consts.evicted_deltas)
+        if ring_units.dtype == torch.complex128:
+            if valid is None:
+                features = consts.batch.copy_(features)
+            ring_units.index_copy_(0, slots, consts.batch_units)
+        else:
+            ring_units.index_copy_(0, slots, features)
+        ring_labels.index_copy_(0, slots, labels)
+    # One scatter-add moves each class sum by (new rows - evicted rows); the float64 deltas
+    # are written in two halves (a concatenation into float64 converts twice as slowly).
+    consts.new_deltas.copy_(features)
+    sums.index_add_(0, buckets, consts.deltas)
     counts.index_add_(0, buckets, consts.count_signs)
     return buckets
 
@@ -149,7 +168,9 @@ def normalise_rows(
     The same bits as ``normalise(sums, counts)`` at those rows, in ``O(len(buckets) * dim)``
     whatever the number of classes. ``out_units`` is ``row_units(cache)``.
     """
-    rows = normalise(sums.index_select(0, buckets), counts.index_select(0, buckets), True)
+    # The deltas are spent (added to the sums): their scratch holds the gathered rows.
+    rows = torch.index_select(sums, 0, buckets, out=consts.deltas)
+    rows = normalise(rows, counts.index_select(0, buckets), inplace=True)
     consts.normalised.copy_(rows)
     # Repeated buckets write the same row, so the order of their writes does not matter.
     source = consts.normalised_units if out_units.dtype == torch.complex128 else consts.normalised

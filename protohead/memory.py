@@ -53,9 +53,11 @@ class PrototypeMemoryBank(nn.Module):
     cheaper; the bits are the same. Prototypes are normalised in float64, so features of
     any finite scale give unit rows. The sums are derived state: they are not saved in the
     ``state_dict`` and are recomputed exactly from the ring after loading (or on
-    :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed number of ops, none
-    of which waits for the device, so it can be captured in a CUDA graph after one warm-up
-    call per batch size.
+    :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed sequence of ops,
+    none of which waits for the device, so it can be captured in a CUDA graph after one
+    warm-up call per batch size; a ``"raise"``-mode update reads the check's result and the
+    write pointer on the host in one go, and writes a batch that does not wrap around the
+    ring as contiguous slices.
 
     **Initial state.** ``init="random"`` (the default) fills the ring with standard-normal
     features and uniformly random labels, as the paper's reference implementation does: every
@@ -316,8 +318,11 @@ class PrototypeMemoryBank(nn.Module):
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
         valid = batch_validity(features, labels, self.num_classes)
         gate: Tensor | None = valid
+        start = None
         if self._mode() == "raise":
-            if not bool(valid):
+            # One host read gives the check's result and where the batch goes (-1: invalid).
+            start = int(torch.where(valid, self.ptr, -1))
+            if start < 0:
                 raise_invalid(labels, self.num_classes)
             gate = None  # known valid: write ungated
         else:
@@ -330,7 +335,7 @@ class PrototypeMemoryBank(nn.Module):
             self._link_views()  # load_state_dict(assign=True) replaced the ring
         sums, counts = self._class_sums, self._class_counts
         ring = (self.features, self._ring_units, self.labels, self.ptr)
-        buckets = enqueue(*ring, sums, counts, features, labels, consts, gate)
+        buckets = enqueue(*ring, sums, counts, features, labels, consts, gate, start)
         # The update changed the classes of 2 * rows buckets. Renormalising just those in a
         # cache pays off when they are few next to the classes; else prototypes() renormalises
         # them all when asked (the same bits either way).

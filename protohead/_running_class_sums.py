@@ -8,8 +8,10 @@ captured in a CUDA graph after one warm-up call per batch size, which builds the
 Derived state (``k = num_classes``): ``sums (k + 1, dim)`` float64 and ``counts (k + 1, 1)``
 int64 hold each class's sum and number of stored features. Row ``k``, the extra bucket,
 collects the empty slots (label ``-1``) so that no update needs a mask; it is scratch
-otherwise (a skipped batch parks its sum updates there). ``prototypes (k + 1, dim)``
-float32 caches the normalised sums; its row ``k`` is meaningless.
+otherwise (a skipped batch parks its sum updates there), and its count is not kept: 0 after
+a resync, minus one per empty slot written over since, so it never counts as a class with
+entries. ``prototypes (k + 1, dim)`` float32 caches the normalised sums; its row ``k`` is
+meaningless.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from torch import Tensor
 # Clamp for the norms of all-zero rows (0 / TINY = 0): any non-zero float64 norm is larger,
 # so every class with entries gets a unit row whatever the scale of its features.
 TINY = torch.finfo(torch.float64).tiny
+# Float32 norms of the cast sums in this range make float32 normalisation as accurate as its
+# result: entries stay below 2**60 (no overflow; their squares sum below float32's max), and
+# the squares that underflow weigh less than 2**-40 of the squared norm.
+FLOAT32_NORMS = (2.0**-50, 2.0**60)
 
 
 class BatchConstants(NamedTuple):
@@ -40,14 +46,21 @@ class BatchConstants(NamedTuple):
     normalised_units: Tensor  # row_units(normalised)
 
 
-def batch_constants(rows: int, dim: int, num_classes: int, device: torch.device) -> BatchConstants:
-    """The :class:`BatchConstants` of a batch of ``rows`` rows."""
+def batch_constants(
+    cache: dict[int, BatchConstants], rows: int, dim: int, num_classes: int, device: torch.device
+) -> BatchConstants:
+    """The :class:`BatchConstants` of a batch of ``rows`` rows, built once into ``cache``."""
+    consts = cache.get(rows)
+    if consts is not None:
+        return consts
+    if len(cache) >= 8:  # a few batch sizes per run (the last batch of an epoch...): bound it
+        cache.clear()
     count_signs = torch.ones(2 * rows, 1, dtype=torch.long, device=device)
     count_signs[:rows] = -1
     batch = torch.empty(rows, dim, device=device)
     normalised = torch.empty(2 * rows, dim, device=device)
     deltas = torch.empty(2 * rows, dim, dtype=torch.float64, device=device)
-    return BatchConstants(
+    cache[rows] = consts = BatchConstants(
         offsets=torch.arange(rows, device=device),
         count_signs=count_signs,
         extra_bucket=torch.tensor(num_classes, device=device),
@@ -60,6 +73,7 @@ def batch_constants(rows: int, dim: int, num_classes: int, device: torch.device)
         normalised=normalised,
         normalised_units=row_units(normalised),
     )
+    return consts
 
 
 def row_units(tensor: Tensor) -> Tensor:
@@ -146,32 +160,60 @@ def enqueue(
     return buckets
 
 
-def normalise(rows: Tensor, counts: Tensor, inplace: bool = False) -> Tensor:
-    """Rows divided by their norms, zero rows where the count is 0; float64.
+def normalise(
+    rows: Tensor,
+    counts: Tensor,
+    out: Tensor | None = None,
+    *,
+    inplace: bool = False,
+    float32_first: bool = False,
+) -> Tensor:
+    """Rows divided by their norms, zero rows where the count is 0, as float32 (into ``out``).
 
-    Shapes: ``rows (n, dim)`` float64 sums, ``counts (n, 1)`` int64 ``-> (n, dim)``. With
-    ``inplace=True`` ``rows`` (a scratch copy the caller owns) is scaled in place.
+    Exact path: norms and scaling in float64, then the cast; float64 norms neither overflow
+    nor underflow for sums of float32 features, so every class with entries gets a unit row
+    whatever its scale (``inplace`` scales ``rows``, a scratch copy the caller owns). With
+    ``float32_first`` (for the CPU's raise mode, which reads the host anyway) the rows are
+    cast first and normalised in float32, which moves half the bytes, if every non-empty
+    row's float32 norm lies in ``FLOAT32_NORMS`` (read on the host): then the cast cannot
+    have overflowed and no square under- or overflowed enough to matter, so the result agrees
+    with the exact path to float32 rounding. Otherwise it falls back to the exact path.
+
+    Shapes: ``rows (n, dim)`` float64 sums, ``counts (n, 1)`` int64 ``-> (n, dim)`` float32.
     """
-    # float64 norms neither overflow nor underflow for sums of float32 features, and the
-    # rows are scaled before any cast, so every class with entries gets a unit row. The
-    # count mask zeroes empty classes, whose sums may keep a rounding residue.
+    # 1 for classes with entries, else 0: zeroes empty classes' rounding residues (and the
+    # extra bucket, whose count is <= 0).
+    present = counts.clamp(0, 1)
+    if float32_first:
+        cast = rows.float() if out is None else out.copy_(rows)
+        norms = torch.linalg.vector_norm(cast, dim=1, keepdim=True)
+        if torch.equal(norms.clamp(*FLOAT32_NORMS).mul_(present), norms.mul(present)):
+            # (The clamp only reaches empty rows, whose norms may be 0.)
+            return cast.mul_(torch.div(present, norms.clamp_min_(FLOAT32_NORMS[0])))
     norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(TINY)
-    scale = torch.div(counts.clamp(max=1), norms)
-    return rows.mul_(scale) if inplace else rows * scale
+    scale = torch.div(present, norms)
+    scaled = rows.mul_(scale) if inplace else rows * scale
+    return scaled.float() if out is None else out.copy_(scaled)
 
 
 def normalise_rows(
-    sums: Tensor, counts: Tensor, buckets: Tensor, consts: BatchConstants, out_units: Tensor
+    sums: Tensor,
+    counts: Tensor,
+    buckets: Tensor,
+    consts: BatchConstants,
+    out_units: Tensor,
+    float32_first: bool = False,
 ) -> None:
     """Writes the normalised sums of rows ``buckets`` into the float32 cache.
 
-    The same bits as ``normalise(sums, counts)`` at those rows, in ``O(len(buckets) * dim)``
-    whatever the number of classes. ``out_units`` is ``row_units(cache)``.
+    The same bits as :func:`normalise` of all the sums at those rows (with the same
+    ``float32_first`` and outcome of its check), in ``O(len(buckets) * dim)`` whatever the
+    number of classes. ``out_units`` is ``row_units(cache)``.
     """
     # The deltas are spent (added to the sums): their scratch holds the gathered rows.
     rows = torch.index_select(sums, 0, buckets, out=consts.deltas)
-    rows = normalise(rows, counts.index_select(0, buckets), inplace=True)
-    consts.normalised.copy_(rows)
+    present = counts.index_select(0, buckets)
+    normalise(rows, present, consts.normalised, inplace=True, float32_first=float32_first)
     # Repeated buckets write the same row, so the order of their writes does not matter.
     source = consts.normalised_units if out_units.dtype == torch.complex128 else consts.normalised
     out_units.index_copy_(0, buckets, source)

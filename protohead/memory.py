@@ -49,9 +49,12 @@ class PrototypeMemoryBank(nn.Module):
     only the classes whose sums changed (at most ``2b``, evicted rows' classes included),
     so a step costs ``O(b * dim + C_changed * dim)`` whatever ``size`` is, plus one copy of
     the ``(num_classes, dim)`` result in :meth:`prototypes`. With few classes
-    (``num_classes <= 2b``) :meth:`prototypes` renormalises them all instead, which is then
-    cheaper; the bits are the same. Prototypes are normalised in float64, so features of
-    any finite scale give unit rows. The sums are derived state: they are not saved in the
+    (``num_classes <= 2b``, ``4b`` in raise mode on the CPU) :meth:`prototypes`
+    renormalises them all instead, which is then cheaper; the result is the same. Norms are
+    taken in float64, so features of any finite scale give unit rows (raise mode on the CPU
+    normalises in float32 when every class sum's float32 norm lies well inside float32's
+    range, checked on the host, and in float64 otherwise; the two agree to float32
+    rounding). The sums are derived state: they are not saved in the
     ``state_dict`` and are recomputed exactly from the ring after loading (or on
     :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed sequence of ops,
     none of which waits for the device, so it can be captured in a CUDA graph after one
@@ -224,6 +227,7 @@ class PrototypeMemoryBank(nn.Module):
         self._class_sums.zero_().index_add_(0, buckets, self.features.double())
         ones = torch.ones_like(buckets).unsqueeze(1)
         self._class_counts.zero_().index_add_(0, buckets, ones)
+        self._class_counts[self.num_classes] = 0  # the extra bucket's count is not kept
         self._cache_valid = False
 
     @property
@@ -240,17 +244,24 @@ class PrototypeMemoryBank(nn.Module):
     def prototypes(self) -> Tensor:
         """L2-normalised class means; a class without entries gets a zero row.
 
-        Normalised in float64, so features of any finite float32 scale give unit rows. With
-        many classes (more than twice the rows of the last update), :meth:`update` keeps a
-        cache current by renormalising only the classes it touched, and a call costs one
-        copy of the result; with few classes, a call normalises them all. Both give the
-        same bits.
+        Unit rows for features of any finite float32 scale (see the class docstring). With
+        many classes (more than 2 or 4 times the rows of the last update), :meth:`update`
+        keeps a cache current by renormalising only the classes it touched, and a call
+        costs one copy of the result; with few classes, a call normalises them all. Both
+        give the same rows.
 
         Shapes: ``-> (num_classes, dim)`` float32, a new tensor on every call.
         """
         if self._cache_valid:
             return self._prototype_rows.clone()
-        return normalise(self._sum_rows, self._count_rows).float()
+        return normalise(self._sum_rows, self._count_rows, float32_first=self._float32_first())
+
+    def _float32_first(self) -> bool:
+        """Whether normalisation may try float32 first, which reads a check on the host
+        (not while torch.compile traces: a host read would break the graph)."""
+        return (
+            self.features.is_cpu and self._mode() == "raise" and not torch.compiler.is_compiling()
+        )
 
     @torch.no_grad()
     def entries(self) -> tuple[Tensor, Tensor]:
@@ -330,32 +341,25 @@ class PrototypeMemoryBank(nn.Module):
         if rows > self.size:
             features, labels = features[-self.size :], labels[-self.size :]
             rows = self.size
-        consts = self._constants(rows)
+        consts = batch_constants(self._batch_constants, rows, self.dim, self.num_classes, device)
         if self._ring_units.data_ptr() != self.features.data_ptr():
             self._link_views()  # load_state_dict(assign=True) replaced the ring
         sums, counts = self._class_sums, self._class_counts
         ring = (self.features, self._ring_units, self.labels, self.ptr)
         buckets = enqueue(*ring, sums, counts, features, labels, consts, gate, start)
-        # The update changed the classes of 2 * rows buckets. Renormalising just those in a
-        # cache pays off when they are few next to the classes; else prototypes() renormalises
-        # them all when asked (the same bits either way).
-        if 2 * rows >= self.num_classes:
+        # The update changed the classes of 2 * rows buckets. Renormalising just those into a
+        # cache pays off when they are few next to the classes: a touched row costs about
+        # one (float64) or two (float32 first) rows of a full renormalisation, and the cache
+        # a copy. Else prototypes() renormalises them all when asked. Same rows either way.
+        fast = self._float32_first()
+        if (4 if fast else 2) * rows >= self.num_classes:
             if self._cache_valid:
                 self._cache_valid = False
         elif self._cache_valid:
-            normalise_rows(sums, counts, buckets, consts, self._prototype_units)
+            normalise_rows(sums, counts, buckets, consts, self._prototype_units, fast)
         else:
-            self._prototypes.copy_(normalise(sums, counts))
+            normalise(self._sum_rows, self._count_rows, self._prototype_rows, float32_first=fast)
             self._cache_valid = True
-
-    def _constants(self, rows: int) -> BatchConstants:
-        consts = self._batch_constants.get(rows)
-        if consts is None:
-            if len(self._batch_constants) >= 8:  # a few batch sizes per run; bound the cache
-                self._batch_constants.clear()
-            consts = batch_constants(rows, self.dim, self.num_classes, self.features.device)
-            self._batch_constants[rows] = consts
-        return consts
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PrototypeMemoryBank:
         # Module casts (.half(), .double(), .to(torch.bfloat16), a parent's .float()...) would

@@ -48,13 +48,13 @@ class PrototypeMemoryBank(nn.Module):
     update subtracts the ``b`` overwritten rows and adds the ``b`` new ones, and renormalises
     only the classes whose sums changed (at most ``2b``, evicted rows' classes included),
     so a step costs ``O(b * dim + C_changed * dim)`` whatever ``size`` is, plus one copy of
-    the ``(num_classes, dim)`` result in :meth:`prototypes`. With few classes
-    (``num_classes <= 2b``, ``4b`` in raise mode on the CPU) :meth:`prototypes`
-    renormalises them all instead, which is then cheaper; the result is the same. Norms are
-    taken in float64, so features of any finite scale give unit rows (raise mode on the CPU
-    normalises in float32 when every class sum's float32 norm lies well inside float32's
-    range, checked on the host, and in float64 otherwise; the two agree to float32
-    rounding). The sums are derived state: they are not saved in the
+    the ``(num_classes, dim)`` result in :meth:`prototypes`. With few classes (at most
+    ``2b``, or ``4b`` with float32 first, below) :meth:`prototypes` renormalises them all
+    instead, which is then cheaper, with the same result. Norms are taken in float64, so
+    features of any finite scale give unit rows. Float32 first: in raise mode on the CPU, a
+    table of at least 32768 entries is normalised in float32 when every class sum's float32
+    norm lies well inside float32's range (checked on the host), else in float64; the two
+    agree to float32 rounding. The sums are derived state: they are not saved in the
     ``state_dict`` and are recomputed exactly from the ring after loading (or on
     :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed sequence of ops,
     none of which waits for the device, so it can be captured in a CUDA graph after one
@@ -257,11 +257,13 @@ class PrototypeMemoryBank(nn.Module):
         return normalise(self._sum_rows, self._count_rows, float32_first=self._float32_first())
 
     def _float32_first(self) -> bool:
-        """Whether normalisation may try float32 first, which reads a check on the host
-        (not while torch.compile traces: a host read would break the graph)."""
-        return (
-            self.features.is_cpu and self._mode() == "raise" and not torch.compiler.is_compiling()
-        )
+        """Whether normalisation tries float32 first, reading a check on the host: in raise
+        mode on the CPU, for prototype tables big enough that saving a float64 pass beats
+        the check's few ops, and not while torch.compile traces (a host read breaks graphs).
+        """
+        big = self.num_classes * self.dim >= 1 << 15
+        compiling = torch.compiler.is_compiling()
+        return big and self.features.is_cpu and self._mode() == "raise" and not compiling
 
     @torch.no_grad()
     def entries(self) -> tuple[Tensor, Tensor]:

@@ -407,20 +407,47 @@ def test_skip_and_raise_modes_give_bit_identical_memories_and_close_prototypes()
         torch.testing.assert_close(bank.prototypes(), reference, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("on_invalid", ["raise", "skip"])  # float32 first / float64 only
-@pytest.mark.parametrize("scale", [1e30, 1e-30, 3e38])
-@pytest.mark.parametrize("num_classes", [2, 50])  # every class renormalised / cached
-def test_prototypes_of_extreme_finite_features_are_unit_rows(scale, num_classes, on_invalid):
-    bank = PrototypeMemoryBank(4, 8, num_classes, init="empty", on_invalid=on_invalid)
+# (classes, dim): small tables (float64 only) and tables of 32768 entries, which raise mode
+# normalises in float32 first, each with every class renormalised or the cache.
+TABLES = [(2, 4), (50, 4), (4, 8192), (8192, 4)]
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+@pytest.mark.parametrize("scale", [1.0, 1e30, 1e-30, 3e38])
+@pytest.mark.parametrize(("num_classes", "dim"), TABLES)
+def test_prototypes_of_extreme_finite_features_are_unit_rows(num_classes, dim, scale, on_invalid):
+    bank = PrototypeMemoryBank(dim, 8, num_classes, init="empty", on_invalid=on_invalid)
     base = torch.tensor([[1.0, 0.5, -0.5, 0.0], [0.75, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
-    feats = base * scale  # finite float32; two class-0 rows sum past float32's range at 3e38
-    bank.update(feats[:1], torch.tensor([0]))  # fills the cache when num_classes is large
+    feats = base.repeat(1, dim // 4) * scale  # finite; two class-0 rows sum past 3.4e38
+    bank.update(feats[:1], torch.tensor([0]))  # fills the cache where there is one
     bank.update(feats[1:], torch.tensor([0, 1]))
     protos = bank.prototypes()
     sums = torch.stack([feats[:2].double().sum(0), feats[2].double()])
     expected = (sums / sums.norm(dim=1, keepdim=True)).float()  # F.normalize's eps: too big
     torch.testing.assert_close(protos[:2], expected, atol=1e-6, rtol=0)
-    assert torch.equal(protos[2:], torch.zeros(num_classes - 2, 4))
+    assert torch.equal(protos[2:], torch.zeros(num_classes - 2, dim))
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+def test_cached_and_full_renormalisation_agree_bit_for_bit_on_a_big_table(on_invalid):
+    # 8192 classes x dim 4: raise mode normalises in float32 first, in the cache (batches
+    # of 1-3) and in full (prototypes() after a batch of 4096 invalidates the cache).
+    gen = torch.Generator().manual_seed(7)
+    bank = PrototypeMemoryBank(4, 4096, 8192, init="empty", on_invalid=on_invalid, generator=gen)
+    assert bank._float32_first() == (on_invalid == "raise")
+    for b in (1, 3, 2, 3, 3, 1, 2, 3, 3, 3, 2, 3, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 2):
+        bank.update(torch.randn(b, 4, generator=gen) * 5, torch.randint(0, 40, (b,), generator=gen))
+        assert bank._cache_valid
+        cached = bank.prototypes()
+        assert torch.equal(cached, full_renormalisation(bank))
+    feats, labels = bank.entries()
+    reference = reference_prototypes(feats, labels, 8192)
+    torch.testing.assert_close(cached, reference, atol=1e-6, rtol=0)
+    bank.update(torch.randn(4096, 4, generator=gen), torch.randint(0, 40, (4096,), generator=gen))
+    assert not bank._cache_valid
+    feats, labels = bank.entries()
+    reference = reference_prototypes(feats, labels, 8192)
+    torch.testing.assert_close(bank.prototypes(), reference, atol=1e-6, rtol=0)
 
 
 def test_prototypes_are_a_new_tensor_that_later_updates_leave_alone():

@@ -59,12 +59,14 @@ def test_skip_mode_step_dispatches_few_ops_and_never_syncs(size, classes, dim, b
 
 
 @pytest.mark.parametrize(("size", "classes", "dim", "batch"), SIZES)
-def test_raise_mode_step_reads_the_host_twice(size, classes, dim, batch):
-    # Once for the validity check and the write pointer, once for the range check of the
-    # float32 normalisation (raise mode on the CPU, where reading the host costs nothing).
+def test_raise_mode_step_reads_the_host_once_or_twice(size, classes, dim, batch):
+    # Once for the validity check and the write pointer; with a big prototype table (at
+    # least 32768 entries) once more for the range check of the float32 normalisation
+    # (raise mode on the CPU, where reading the host costs nothing).
     bank = PrototypeMemoryBank(dim, size, classes, on_invalid="raise")
     ops = count_step(bank, batch)
-    assert sorted(op for op in ops if op in HOST_SYNC_OPS) == ["_local_scalar_dense", "equal"]
+    expected = ["_local_scalar_dense"] + (["equal"] if classes * dim >= 1 << 15 else [])
+    assert sorted(op for op in ops if op in HOST_SYNC_OPS) == expected
     assert len(ops) <= MAX_RAISE_OPS, ops
 
 

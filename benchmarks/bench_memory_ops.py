@@ -228,7 +228,7 @@ def main() -> None:
     print(" | ".join(f"naive / {v}" for v in variants[1:]) + " | skip / raise |")
     print("|---" * (4 + 2 * len(variants)) + "|")
     for dims in sizes:
-        steps = 20 if device.type == "cuda" else max(3, min(50, 2_000_000 // (dims[0] * dims[2])))
+        steps = 20 if device.type == "cuda" else max(8, min(50, 2_000_000 // (dims[0] * dims[2])))
         t = time_steps(*dims, device=device, rounds=rounds, steps=steps)
         times = " | ".join(f"{t[v] * 1e6:.0f} µs" if v in t else "n/a" for v in variants)
         ratios = " | ".join(f"{t['naive'] / t[v]:.2f}×" if v in t else "n/a" for v in variants[1:])

@@ -1,7 +1,8 @@
 """Ring writes and running class sums of :class:`~protohead.memory.PrototypeMemoryBank` (internal).
 
 The arithmetic of the memory, kept apart from its API, input checks and state handling.
-Nothing here reads a value on the host. A ``"skip"``-mode step (gated on the device)
+Nothing here reads a value on the host but the check of :func:`normalise`'s float32-first
+path, which only raise mode on the CPU asks for. A ``"skip"``-mode step (gated on the device)
 dispatches a fixed sequence of ops whatever the values, so it never stalls and can be
 captured in a CUDA graph after one warm-up call per batch size, which builds the constants.
 

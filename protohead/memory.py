@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from protohead._memory_checks import check_label_form, state_problems
-from protohead.distributed import all_gather_rows
+from protohead._memory_checks import (
+    batch_validity,
+    check_label_form,
+    check_update_inputs,
+    raise_invalid,
+    state_problems,
+)
+from protohead._running_class_sums import (
+    BatchConstants,
+    batch_constants,
+    enqueue,
+    normalise,
+    normalise_rows,
+    row_units,
+)
+from protohead.distributed import all_gather_rows, get_world_size
 
 __all__ = ["PrototypeMemoryBank"]
 
@@ -16,6 +31,9 @@ MemoryInit = Literal["random", "empty"]
 OnInvalid = Literal["auto", "raise", "skip"]
 _INITS = ("random", "empty")
 _ON_INVALID = ("auto", "raise", "skip")
+# Attributes that view buffers: rebuilt after a device move or unpickling, never pickled
+# (torch.save refuses two dtypes viewing one storage).
+_VIEWS = ("_ring_units", "_prototype_rows", "_prototype_units", "_sum_rows", "_count_rows")
 
 
 class PrototypeMemoryBank(nn.Module):
@@ -26,10 +44,23 @@ class PrototypeMemoryBank(nn.Module):
     and the classifier's weight for class ``c`` is the normalised mean of the stored features
     labelled ``c``.
 
-    Running per-class sums are kept in float64 next to the ring, so :meth:`update` and
-    :meth:`prototypes` cost ``O(batch * dim + num_classes * dim)`` whatever ``size`` is. The
-    sums are derived state: they are not saved in the ``state_dict`` and are recomputed
-    exactly from the ring after loading (or on :meth:`resync`).
+    **Cost.** Running per-class sums and counts are kept in float64 next to the ring: an
+    update subtracts the ``b`` overwritten rows and adds the ``b`` new ones, and renormalises
+    only the classes whose sums changed (at most ``2b``, evicted rows' classes included),
+    so a step costs ``O(b * dim + C_changed * dim)`` whatever ``size`` is, plus one copy of
+    the ``(num_classes, dim)`` result in :meth:`prototypes`. With few classes (at most
+    ``2b``, or ``4b`` with float32 first, below) :meth:`prototypes` renormalises them all
+    instead, which is then cheaper, with the same result. Norms are taken in float64, so
+    features of any finite scale give unit rows. Float32 first: in raise mode on the CPU, a
+    table of at least 32768 entries is normalised in float32 when every class sum's float32
+    norm lies well inside float32's range (checked on the host), else in float64; the two
+    agree to float32 rounding. The sums are derived state: they are not saved in the
+    ``state_dict`` and are recomputed exactly from the ring after loading (or on
+    :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed sequence of ops,
+    none of which waits for the device, so it can be captured in a CUDA graph after one
+    warm-up call per batch size; a ``"raise"``-mode update reads the check's result and the
+    write pointer on the host in one go, and writes a batch that does not wrap around the
+    ring as contiguous slices.
 
     **Initial state.** ``init="random"`` (the default) fills the ring with standard-normal
     features and uniformly random labels, as the paper's reference implementation does: every
@@ -57,6 +88,13 @@ class PrototypeMemoryBank(nn.Module):
     ``(size,)`` int64 (``-1`` marks an empty slot), ``ptr`` (next write slot) and
     ``num_skipped_updates``. ``load_state_dict`` checks all of them (shapes, dtypes, label and
     pointer ranges) before copying any, so a rejected state leaves the memory as it was.
+
+    **Casts.** Module casts (``.half()``, ``.bfloat16()``, ``.float()``, ``.double()``,
+    ``.to(dtype)``, also through a parent module such as :class:`~protohead.TReX`) leave
+    every buffer's dtype alone: the ring stays float32 (features are stored as float32
+    whatever the input dtype, and casting it would round stored features), the sums
+    float64, labels and counters int64. Device moves apply as usual; :meth:`prototypes`
+    returns float32, which the classifier casts to its input's dtype.
 
     Args:
         dim: Feature dimension, >= 1.
@@ -91,6 +129,7 @@ class PrototypeMemoryBank(nn.Module):
     num_skipped_updates: Tensor
     _class_sums: Tensor
     _class_counts: Tensor
+    _prototypes: Tensor
 
     def __init__(
         self,
@@ -127,14 +166,43 @@ class PrototypeMemoryBank(nn.Module):
         self.register_buffer(
             "num_skipped_updates", torch.zeros((), dtype=torch.long), persistent=True
         )
-        # One extra row collects empty slots (label -1), so updates need no masking.
-        self.register_buffer(
-            "_class_sums", torch.zeros(num_classes + 1, dim, dtype=torch.float64), persistent=False
-        )
-        self.register_buffer(
-            "_class_counts", torch.zeros(num_classes + 1, dtype=torch.long), persistent=False
-        )
+        self._add_derived_state()
         self.reset(generator=generator)
+
+    def _add_derived_state(self) -> None:
+        """Registers the running sums, counts and prototype cache (see _running_class_sums)."""
+        buckets, device = self.num_classes + 1, self.features.device
+        sums = torch.zeros(buckets, self.dim, dtype=torch.float64, device=device)
+        self.register_buffer("_class_sums", sums, persistent=False)
+        counts = torch.zeros(buckets, 1, dtype=torch.long, device=device)
+        self.register_buffer("_class_counts", counts, persistent=False)
+        self.register_buffer("_prototypes", torch.zeros(buckets, self.dim), persistent=False)
+        self._batch_constants: dict[int, BatchConstants] = {}
+        self._cache_valid = False  # whether _prototypes holds the current normalised sums
+        self._link_views()
+
+    def _link_views(self) -> None:
+        """(Re)creates the views of the buffers that the step uses (see _VIEWS)."""
+        self._ring_units = row_units(self.features)
+        self._prototype_rows = self._prototypes[: self.num_classes]
+        self._prototype_units = row_units(self._prototypes)
+        self._sum_rows = self._class_sums[: self.num_classes]
+        self._count_rows = self._class_counts[: self.num_classes]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        for name in _VIEWS:
+            state.pop(name, None)
+        state["_batch_constants"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_prototypes" not in self._buffers:
+            self._add_derived_state()  # pickled by a protohead without the prototype cache
+            self.resync()
+        else:
+            self._link_views()
 
     @torch.no_grad()
     def reset(self, generator: torch.Generator | None = None) -> None:
@@ -155,17 +223,17 @@ class PrototypeMemoryBank(nn.Module):
     @torch.no_grad()
     def resync(self) -> None:
         """Recompute the running class sums and counts exactly from the ring."""
-        buckets = self._buckets(self.labels)
+        buckets = self.labels.remainder(self.num_classes + 1)  # -1 (empty) -> extra bucket
         self._class_sums.zero_().index_add_(0, buckets, self.features.double())
-        self._class_counts.zero_().index_add_(0, buckets, torch.ones_like(buckets))
-
-    def _buckets(self, labels: Tensor) -> Tensor:
-        return torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+        ones = torch.ones_like(buckets).unsqueeze(1)
+        self._class_counts.zero_().index_add_(0, buckets, ones)
+        self._class_counts[self.num_classes] = 0  # the extra bucket's count is not kept
+        self._cache_valid = False
 
     @property
     def class_counts(self) -> Tensor:
         """Number of stored entries per class, ``(num_classes,)`` int64."""
-        return self._class_counts[: self.num_classes]
+        return self._count_rows[:, 0]
 
     @property
     def num_filled(self) -> Tensor:
@@ -176,16 +244,26 @@ class PrototypeMemoryBank(nn.Module):
     def prototypes(self) -> Tensor:
         """L2-normalised class means; a class without entries gets a zero row.
 
-        Shapes: ``-> (num_classes, dim)`` float32.
+        Unit rows for features of any finite float32 scale (see the class docstring). With
+        many classes (more than 2 or 4 times the rows of the last update), :meth:`update`
+        keeps a cache current by renormalising only the classes it touched, and a call
+        costs one copy of the result; with few classes, a call normalises them all. Both
+        give the same rows.
+
+        Shapes: ``-> (num_classes, dim)`` float32, a new tensor on every call.
         """
-        # Normalising in float32 halves the traffic of the float64 sums (error ~1e-7). The
-        # mean and the sum point the same way, so normalising the sum skips a division, and a
-        # class whose sum kept a rounding residue after its last entry left is zeroed by the
-        # presence mask, folded into the per-row scale.
-        sums = self._class_sums[: self.num_classes].float()
-        scale = torch.linalg.vector_norm(sums, dim=1, keepdim=True).clamp_min_(1e-12)
-        scale = scale.reciprocal_().mul_((self.class_counts > 0).unsqueeze(1))
-        return sums.mul_(scale)
+        if self._cache_valid:
+            return self._prototype_rows.clone()
+        return normalise(self._sum_rows, self._count_rows, float32_first=self._float32_first())
+
+    def _float32_first(self) -> bool:
+        """Whether normalisation tries float32 first, reading a check on the host: in raise
+        mode on the CPU, for prototype tables big enough that saving a float64 pass beats
+        the check's few ops, and not while torch.compile traces (a host read breaks graphs).
+        """
+        big = self.num_classes * self.dim >= 1 << 15
+        compiling = torch.compiler.is_compiling()
+        return big and self.features.is_cpu and self._mode() == "raise" and not compiling
 
     @torch.no_grad()
     def entries(self) -> tuple[Tensor, Tensor]:
@@ -222,33 +300,7 @@ class PrototypeMemoryBank(nn.Module):
         if self._mode() == "raise" and labels.numel() > 0:
             lowest, highest = torch.aminmax(labels)
             if not bool((lowest >= 0) & (highest < self.num_classes)):
-                self._raise_invalid(labels)
-
-    def _validate_local(self, features: Tensor, labels: Tensor) -> None:
-        if not isinstance(features, Tensor):
-            raise TypeError(f"features must be a Tensor, got {type(features).__name__}")
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(
-                f"features must have shape (b, {self.dim}), got {tuple(features.shape)}"
-            )
-        if not features.is_floating_point():
-            raise TypeError(f"features must be floating point, got {features.dtype}")
-        check_label_form(labels)
-        if labels.shape[0] != features.shape[0]:
-            raise ValueError(
-                "features and labels must have the same batch size, got "
-                f"{features.shape[0]} and {labels.shape[0]}"
-            )
-
-    def _raise_invalid(self, labels: Tensor) -> None:
-        """Raises for an invalid batch: bad labels if there are any, else bad features."""
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}), got values "
-                f"{labels[bad].unique()[:8].tolist()}; the memory was not modified"
-            )
-        raise ValueError("features must be finite, got NaN or inf; the memory was not modified")
+                raise_invalid(labels, self.num_classes)
 
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> None:
@@ -265,73 +317,64 @@ class PrototypeMemoryBank(nn.Module):
             ValueError: Wrong shapes; with ``on_invalid`` resolving to ``"raise"`` also
                 labels outside ``[0, num_classes)`` or non-finite features.
         """
-        self._validate_local(features, labels)
+        check_update_inputs(features, labels, self.dim)
         device = self.features.device
-        features, labels = all_gather_rows(
-            features.to(device=device, dtype=torch.float32),
-            labels.to(device=device, dtype=torch.long),
-            equal_rows=self.equal_batches,
-        )
-        if features.shape[0] == 0:
+        features = features.to(device=device, dtype=torch.float32)
+        labels = labels.to(device=device, dtype=torch.long)
+        if get_world_size() > 1:  # a single process needs no gather (and no detach: no_grad)
+            features, labels = all_gather_rows(features, labels, equal_rows=self.equal_batches)
+        rows = features.shape[0]
+        if rows == 0:
             return
 
         # Validity covers every gathered row, also those an oversized batch drops below: an
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
-        # x * 0 is 0 for every finite x and NaN for NaN/inf: one cheap pass instead of isfinite.
-        lowest, highest = torch.aminmax(labels)
-        valid = (features.mul(0).sum() == 0) & (lowest >= 0) & (highest < self.num_classes)
-        raise_mode = self._mode() == "raise"
-        if raise_mode and not bool(valid):
-            self._raise_invalid(labels)
-        if features.shape[0] > self.size:
-            features, labels = features[-self.size :], labels[-self.size :]
-        if raise_mode:
-            self._write_checked(features, labels)
+        valid = batch_validity(features, labels, self.num_classes)
+        gate: Tensor | None = valid
+        start = None
+        if self._mode() == "raise":
+            # One host read gives the check's result and where the batch goes (-1: invalid).
+            start = int(torch.where(valid, self.ptr, -1))
+            if start < 0:
+                raise_invalid(labels, self.num_classes)
+            gate = None  # known valid: write ungated
         else:
-            self._write_gated(features, labels, valid)
+            self.num_skipped_updates.add_(~valid)
+        if rows > self.size:
+            features, labels = features[-self.size :], labels[-self.size :]
+            rows = self.size
+        consts = batch_constants(self._batch_constants, rows, self.dim, self.num_classes, device)
+        if self._ring_units.data_ptr() != self.features.data_ptr():
+            self._link_views()  # load_state_dict(assign=True) replaced the ring
+        sums, counts = self._class_sums, self._class_counts
+        ring = (self.features, self._ring_units, self.labels, self.ptr)
+        buckets = enqueue(*ring, sums, counts, features, labels, consts, gate, start)
+        # The update changed the classes of 2 * rows buckets. Renormalising just those into a
+        # cache pays off when they are few next to the classes: a touched row costs about
+        # one (float64) or two (float32 first) rows of a full renormalisation, and the cache
+        # a copy. Else prototypes() renormalises them all when asked. Same rows either way.
+        fast = self._float32_first()
+        if (4 if fast else 2) * rows >= self.num_classes:
+            if self._cache_valid:
+                self._cache_valid = False
+        elif self._cache_valid:
+            normalise_rows(sums, counts, buckets, consts, self._prototype_units, fast)
+        else:
+            normalise(self._sum_rows, self._count_rows, self._prototype_rows, float32_first=fast)
+            self._cache_valid = True
 
-    def _write_checked(self, features: Tensor, labels: Tensor) -> None:
-        """Writes a validated batch with slice copies (``raise`` mode reads the host anyway)."""
-        start, rows = int(self.ptr), features.shape[0]
-        head = min(rows, self.size - start)  # rows before the ring wraps, then the rest at 0
-        for src, dst in ((slice(0, head), start), (slice(head, rows), 0)):
-            n = src.stop - src.start
-            if n == 0:
-                continue
-            old_feats = self.features[dst : dst + n]
-            old_buckets = self._buckets(self.labels[dst : dst + n])
-            new_labels = labels[src]
-            self._class_sums.index_add_(0, old_buckets, old_feats.double(), alpha=-1)
-            self._class_sums.index_add_(0, new_labels, features[src].double())
-            counts = torch.bincount(new_labels, minlength=self.num_classes + 1)
-            self._class_counts.add_(
-                counts.sub_(torch.bincount(old_buckets, minlength=counts.numel()))
-            )
-            old_feats.copy_(features[src])
-            self.labels[dst : dst + n].copy_(new_labels)
-        self.ptr.fill_((start + rows) % self.size)
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PrototypeMemoryBank:
+        # Module casts (.half(), .double(), .to(torch.bfloat16), a parent's .float()...) would
+        # turn the float64 sums into float32 (an index_add_ dtype error at the next update)
+        # and round the float32 ring. Every buffer keeps its dtype; only device moves apply.
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(device=moved.device)
 
-    def _write_gated(self, features: Tensor, labels: Tensor, valid: Tensor) -> None:
-        """Writes a batch with every write gated on ``valid`` on the device: no host sync."""
-        device, rows = self.features.device, features.shape[0]
-        slots = (self.ptr + torch.arange(rows, device=device)) % self.size
-        old_feats = self.features[slots].double()
-        old_buckets = self._buckets(self.labels[slots])
-        # An invalid batch becomes a bit-exact no-op without reading `valid` on the host.
-        weight = valid.long()
-        new_feats = torch.where(valid, features, 0.0).double()
-        new_buckets = torch.where(valid, labels, torch.zeros_like(labels))
-        features = torch.where(valid, features, self.features[slots])
-        labels = torch.where(valid, labels, self.labels[slots])
-        self.num_skipped_updates.add_(1 - weight)
-        self._class_sums.index_add_(0, old_buckets, old_feats * (-weight))
-        self._class_sums.index_add_(0, new_buckets, new_feats * weight)
-        ones = weight.expand(rows)
-        self._class_counts.index_add_(0, old_buckets, -ones)
-        self._class_counts.index_add_(0, new_buckets, ones)
-        self.features.index_copy_(0, slots, features)
-        self.labels.index_copy_(0, slots, labels)
-        self.ptr.copy_((self.ptr + rows * weight) % self.size)
+        super()._apply(keep_dtype, recurse)
+        self._link_views()
+        self._batch_constants.clear()  # they live on the old device
+        return self
 
     def _load_from_state_dict(
         self,

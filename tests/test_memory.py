@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protohead import PrototypeMemoryBank
+from protohead._running_class_sums import normalise
 
 
 def reference_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
@@ -192,7 +193,8 @@ def test_skip_mode_ignores_invalid_batch_without_raising():
     assert int(bank.num_skipped_updates) == 2
     for key, value in before.items():
         assert torch.equal(bank.state_dict()[key], value), key
-    assert torch.equal(bank._class_sums, sums_before)
+    # Every class's sum is bit-identical; the extra (empty-slot) bucket is scratch.
+    assert torch.equal(bank._class_sums[:3], sums_before[:3])
     bank.update(torch.randn(2, 4), torch.tensor([0, 2]))
     assert int(bank.ptr) == 2
     assert int(bank.num_skipped_updates) == 2
@@ -326,3 +328,134 @@ def test_equal_batches_must_be_a_bool():
         PrototypeMemoryBank(4, 8, 3, equal_batches=1)  # type: ignore[arg-type]
     bank = PrototypeMemoryBank(4, 8, 3, equal_batches=True)
     assert "equal_batches=True" in repr(bank)
+
+
+def full_renormalisation(bank: PrototypeMemoryBank) -> torch.Tensor:
+    """Every class renormalised from the running sums, as with few classes."""
+    c = bank.num_classes
+    fast = bank._float32_first()
+    return normalise(bank._class_sums[:c], bank._class_counts[:c], float32_first=fast)
+
+
+# Many classes and small batches: each update renormalises only the classes it touched into
+# a cache. That must give the bits of renormalising every class, and the exact class means.
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(1, 10),
+    num_classes=st.integers(13, 40),  # more than 4 x the batch: the cached path
+    batch_sizes=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+    init=st.sampled_from(["empty", "random"]),
+    seed=st.integers(0, 2**16),
+)
+def test_renormalising_touched_classes_matches_renormalising_all(
+    on_invalid, size, num_classes, batch_sizes, init, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    bank = PrototypeMemoryBank(
+        3, size, num_classes, init=init, on_invalid=on_invalid, generator=gen
+    )
+    for b in batch_sizes:
+        bank.update(
+            torch.randn(b, 3, generator=gen), torch.randint(0, num_classes, (b,), generator=gen)
+        )
+        assert bank._cache_valid or not b
+        got = bank.prototypes()
+        assert torch.equal(got, full_renormalisation(bank))
+        feats, labels = bank.entries()
+        torch.testing.assert_close(
+            got, reference_prototypes(feats, labels, num_classes), atol=1e-6, rtol=0
+        )
+
+
+def test_class_whose_last_entry_is_evicted_is_renormalised_to_zero():
+    bank = PrototypeMemoryBank(2, 3, 40, init="empty")  # 40 classes, batches of 1: cached
+    for feature, label in (([1.0, 0.0], 5), ([0.0, 1.0], 6), ([1.0, 1.0], 7)):
+        bank.update(torch.tensor([feature]), torch.tensor([label]))
+    assert bank.prototypes()[5].tolist() == [1.0, 0.0]
+    bank.update(torch.tensor([[0.0, 2.0]]), torch.tensor([6]))  # overwrites the class-5 entry
+    protos = bank.prototypes()
+    assert bank._cache_valid
+    assert protos[5].tolist() == [0.0, 0.0]
+    assert protos[6].tolist() == [0.0, 1.0]
+    assert int(bank.class_counts[5]) == 0
+
+
+def test_skip_and_raise_modes_give_bit_identical_memories_and_close_prototypes():
+    gen = torch.Generator().manual_seed(3)
+    banks = [
+        PrototypeMemoryBank(4, 10, 25, on_invalid=mode, generator=torch.Generator().manual_seed(1))
+        for mode in ("raise", "skip")
+    ]
+    for b in (3, 4, 9, 12, 2, 1, 5):  # wraps around; 12 > size keeps the newest 10
+        feats, labels = (
+            torch.randn(b, 4, generator=gen) * 10,
+            torch.randint(0, 25, (b,), generator=gen),
+        )
+        for bank in banks:
+            bank.update(feats, labels)
+    raised, skipped = banks
+    for key, value in raised.state_dict().items():
+        assert torch.equal(skipped.state_dict()[key], value), key
+    assert torch.equal(skipped._class_sums, raised._class_sums)
+    assert torch.equal(skipped._class_counts, raised._class_counts)
+    # Raise mode on the CPU normalises in float32 first (skip mode in float64): float32 rounding.
+    torch.testing.assert_close(skipped.prototypes(), raised.prototypes(), atol=3e-7, rtol=0)
+    feats, labels = raised.entries()
+    reference = reference_prototypes(feats, labels, 25)
+    for bank in banks:
+        torch.testing.assert_close(bank.prototypes(), reference, atol=1e-6, rtol=0)
+
+
+# (classes, dim): small tables (float64 only) and tables of 32768 entries, which raise mode
+# normalises in float32 first, each with every class renormalised or the cache.
+TABLES = [(2, 4), (50, 4), (4, 8192), (8192, 4)]
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+@pytest.mark.parametrize("scale", [1.0, 1e30, 1e-30, 3e38])
+@pytest.mark.parametrize(("num_classes", "dim"), TABLES)
+def test_prototypes_of_extreme_finite_features_are_unit_rows(num_classes, dim, scale, on_invalid):
+    bank = PrototypeMemoryBank(dim, 8, num_classes, init="empty", on_invalid=on_invalid)
+    base = torch.tensor([[1.0, 0.5, -0.5, 0.0], [0.75, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    feats = base.repeat(1, dim // 4) * scale  # finite; two class-0 rows sum past 3.4e38
+    bank.update(feats[:1], torch.tensor([0]))  # fills the cache where there is one
+    bank.update(feats[1:], torch.tensor([0, 1]))
+    protos = bank.prototypes()
+    sums = torch.stack([feats[:2].double().sum(0), feats[2].double()])
+    expected = (sums / sums.norm(dim=1, keepdim=True)).float()  # F.normalize's eps: too big
+    torch.testing.assert_close(protos[:2], expected, atol=1e-6, rtol=0)
+    assert torch.equal(protos[2:], torch.zeros(num_classes - 2, dim))
+
+
+@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+def test_cached_and_full_renormalisation_agree_bit_for_bit_on_a_big_table(on_invalid):
+    # 8192 classes x dim 4: raise mode normalises in float32 first, in the cache (batches
+    # of 1-3) and in full (prototypes() after a batch of 4096 invalidates the cache).
+    gen = torch.Generator().manual_seed(7)
+    bank = PrototypeMemoryBank(4, 4096, 8192, init="empty", on_invalid=on_invalid, generator=gen)
+    assert bank._float32_first() == (on_invalid == "raise")
+    for b in (1, 3, 2, 3, 3, 1, 2, 3, 3, 3, 2, 3, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 2):
+        bank.update(torch.randn(b, 4, generator=gen) * 5, torch.randint(0, 40, (b,), generator=gen))
+        assert bank._cache_valid
+        cached = bank.prototypes()
+        assert torch.equal(cached, full_renormalisation(bank))
+    feats, labels = bank.entries()
+    reference = reference_prototypes(feats, labels, 8192)
+    torch.testing.assert_close(cached, reference, atol=1e-6, rtol=0)
+    bank.update(torch.randn(4096, 4, generator=gen), torch.randint(0, 40, (4096,), generator=gen))
+    assert not bank._cache_valid
+    feats, labels = bank.entries()
+    reference = reference_prototypes(feats, labels, 8192)
+    torch.testing.assert_close(bank.prototypes(), reference, atol=1e-6, rtol=0)
+
+
+def test_prototypes_are_a_new_tensor_that_later_updates_leave_alone():
+    bank = PrototypeMemoryBank(4, 8, 30, generator=torch.Generator().manual_seed(0))
+    bank.update(torch.randn(2, 4), torch.tensor([0, 1]))  # 30 classes, 2 rows: cached
+    held = bank.prototypes()
+    kept = held.clone()
+    bank.update(torch.randn(2, 4), torch.tensor([0, 1]))
+    assert torch.equal(held, kept)  # e.g. saved by autograd for the step's backward
+    held.zero_()
+    assert not torch.equal(bank.prototypes(), held)

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch.utils.data import Dataset, TensorDataset
 
+from protohead import _validation as check
+
 __all__ = ["ClassSubset", "parse_classes"]
 
 
@@ -75,8 +77,8 @@ class ClassSubset(Dataset[tuple[Any, int]]):
     def __init__(self, dataset: Dataset[Any], classes: Sequence[int]) -> None:
         if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
             raise TypeError(f"classes must be a sequence of ints, got {classes!r}")
-        if any(isinstance(c, bool) or not isinstance(c, int) for c in classes):
-            raise TypeError(f"classes must be a sequence of ints, got {classes!r}")
+        for i, c in enumerate(classes):
+            check.integer(f"classes[{i}]", c)
         if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
             raise ValueError(f"classes must be distinct ints >= 0, non-empty, got {classes!r}")
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:

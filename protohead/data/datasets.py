@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from protohead import _validation as check
 from protohead.augment.multicrop import IMAGENET_MEAN, IMAGENET_STD
 from protohead.data.class_subset import ClassSubset
 from protohead.data.collate import SkippedSample
@@ -315,12 +316,11 @@ def _fake_datasets(
     train_transform: Transform | None,
     val_transform: Transform | None,
 ) -> TrainValData:
-    if len(sizes) != 2 or any(
-        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
-    ):
+    if len(sizes) != 2:
         raise ValueError(f"fake_sizes must be two ints >= 1, got {sizes!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"fake_image_size must be an int >= 1, got {image_size!r}")
+    for i, s in enumerate(sizes):
+        check.integer(f"fake_sizes[{i}]", s, minimum=1)
+    check.integer("fake_image_size", image_size, minimum=1)
     shape = (3, image_size, image_size)
     train = tv_datasets.FakeData(sizes[0], shape, 10, transform=train_transform)
     # A different offset gives the validation set different images.

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from protohead import _validation as check
 from protohead.data.errors import DatasetUnavailableError
 
 __all__ = ["DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FashionMNIST", "read_idx"]
@@ -170,18 +171,12 @@ class FashionMNIST(Dataset[tuple[Any, int]]):
         download: bool = False,
     ) -> None:
         keep = tuple(range(10)) if classes is None else tuple(classes)
-        if (
-            not keep
-            or len(set(keep)) != len(keep)
-            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 10 for c in keep)
-        ):
+        for i, c in enumerate(keep):
+            check.integer(f"classes[{i}]", c, minimum=0, maximum=9)
+        if not keep or len(set(keep)) != len(keep):
             raise ValueError(f"classes must be distinct ints in [0, 10), got {classes!r}")
-        if max_per_class is not None and (
-            isinstance(max_per_class, bool)
-            or not isinstance(max_per_class, int)
-            or max_per_class < 1
-        ):
-            raise ValueError(f"max_per_class must be an int >= 1 or None, got {max_per_class!r}")
+        if max_per_class is not None:
+            max_per_class = check.integer("max_per_class", max_per_class, minimum=1)
         image_path, label_path = _locate(None if root is None else Path(root), train, download)
         images, labels = read_idx(image_path), read_idx(label_path).long()
         if images.ndim != 3 or labels.shape[0] != images.shape[0]:

@@ -39,11 +39,10 @@ temporaries would have needed about ten ``(n, k)`` matrices (140 GB).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from typing_extensions import Self
 
+from protohead import _validation as check
 from protohead.evaluation import softmax
 from protohead.evaluation.checks import check_features, check_finite_cast, check_labels
 from protohead.evaluation.lbfgs import lbfgs
@@ -126,23 +125,15 @@ class LogisticRegression:
         device: torch.device | str | None = None,
         chunk_rows: int | None = None,
     ) -> None:
-        # bool is an int subclass, but C=True is a mistake, never a penalty of 1.
-        if isinstance(C, bool) or not (isinstance(C, (int, float)) and math.isfinite(C) and C > 0):
-            raise ValueError(f"C must be a finite number > 0, got {C!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-        if isinstance(tol, bool) or not (
-            isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0
-        ):
-            raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
-            raise ValueError(f"history_size must be an int >= 1, got {history_size!r}")
+        # bool is an int subclass, but C=True is a mistake, never a penalty of 1: check rejects it.
+        C = check.real_in("C", C, above=0)
+        max_iter = check.integer("max_iter", max_iter, minimum=1)
+        tol = check.real_in("tol", tol, above=0)
+        history_size = check.integer("history_size", history_size, minimum=1)
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        if chunk_rows is not None and (
-            isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
-        ):
-            raise ValueError(f"chunk_rows must be an int >= 1 or None, got {chunk_rows!r}")
+        if chunk_rows is not None:
+            chunk_rows = check.integer("chunk_rows", chunk_rows, minimum=1)
         self.C = float(C)
         self.max_iter = max_iter
         self.tol = float(tol)
@@ -189,8 +180,7 @@ class LogisticRegression:
         labels = y.to(device=device, dtype=torch.long)
         y_min, y_max = int(labels.min()), int(labels.max())
         k = y_max + 1 if num_classes is None else num_classes
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+        k = check.integer("num_classes", k, minimum=1)
         if y_min < 0 or y_max >= k:
             raise ValueError(f"y must hold labels in [0, {k}), got range [{y_min}, {y_max}]")
 

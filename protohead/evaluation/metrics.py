@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from protohead import _validation as check
+
 __all__ = ["LOG_ODDS_EPS", "log_odds"]
 
 LOG_ODDS_EPS = 1e-4
@@ -44,12 +46,8 @@ def log_odds(accuracy: float, *, eps: float = LOG_ODDS_EPS) -> float:
         >>> round(log_odds(1.0), 4), round(log_odds(0.0), 4)
         (9.2102, -9.2102)
     """
-    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
-        raise TypeError(f"accuracy must be a real number, got {type(accuracy).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    if not 0.0 < eps < 0.5:
-        raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+    accuracy = check.real("accuracy", accuracy)
+    eps = check.real_in("eps", eps, above=0, below=0.5)
     if not 0.0 <= accuracy <= 1.0:
         raise ValueError(
             f"accuracy must be a fraction in [0, 1] (not a percentage), got {accuracy!r}"

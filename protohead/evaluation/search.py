@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from protohead import _validation as check
 from protohead.evaluation.checks import check_finite_cast
 from protohead.evaluation.logreg import LogisticRegression
 from protohead.evaluation.metrics import log_odds
@@ -84,17 +84,10 @@ class SearchConfig:
     def __post_init__(self) -> None:
         # Types first: a float count fails late inside range(), a str bound inside math.log10.
         for name in ("grid_points", "refine_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+            check.integer(name, getattr(self, name))
         for name in ("c_min", "c_max", "val_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(
-                    f"{name} must be a real number, got {value!r} ({type(value).__name__})"
-                )
-        if not (math.isfinite(self.c_min) and self.c_min > 0):
-            raise ValueError(f"c_min must be a finite number > 0, got {self.c_min!r}")
+            check.real(name, getattr(self, name))
+        check.real_in("c_min", self.c_min, above=0)
         if not (math.isfinite(self.c_max) and self.c_max >= self.c_min):
             raise ValueError(f"c_max must be finite and >= c_min={self.c_min}, got {self.c_max!r}")
         min_points = 1 if self.c_min == self.c_max else 2
@@ -102,8 +95,7 @@ class SearchConfig:
             raise ValueError(f"grid_points must be >= {min_points}, got {self.grid_points}")
         if self.refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        check.real_in("val_fraction", self.val_fraction, above=0, below=1)
         # Constructing a classifier validates max_iter, tol and dtype with its messages.
         LogisticRegression(max_iter=self.max_iter, tol=self.tol, dtype=self.dtype)
 

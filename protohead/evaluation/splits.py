@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from protohead import _validation as check
+
 __all__ = ["per_class_split", "stratified_split"]
 
 
@@ -49,10 +51,7 @@ def stratified_split(
         12
     """
     _check_labels(labels)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    val_fraction = check.real_in("val_fraction", val_fraction, above=0, below=1)
     _check_seed(seed)
     if labels.numel() < 2:
         raise ValueError(f"labels must hold at least 2 samples, got {labels.numel()}")
@@ -99,10 +98,7 @@ def per_class_split(
         ([2, 2], [3, 2])
     """
     _check_labels(labels)
-    if isinstance(per_class, bool) or not isinstance(per_class, int):
-        raise TypeError(f"per_class must be an int, got {type(per_class).__name__}")
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    per_class = check.integer("per_class", per_class, minimum=1)
     _check_seed(seed)
     if labels.numel() == 0:
         raise ValueError("labels must hold at least one sample per class, got none")
@@ -128,8 +124,7 @@ def _check_labels(labels: torch.Tensor) -> None:
 
 
 def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check.integer("seed", seed)
 
 
 def _draw(

@@ -62,7 +62,10 @@ def test_fake_datasets_have_distinct_train_and_val_images():
     [
         ({}, "exactly one of name and data_dir must be given"),
         ({"name": "fake", "data_dir": "x"}, "exactly one of name and data_dir"),
-        ({"name": "fake", "fake_sizes": (0, 2)}, r"fake_sizes must be two ints >= 1, got \(0, 2\)"),
+        (
+            {"name": "fake", "fake_sizes": (0, 2)},
+            r"fake_sizes\[0\] must be an int >= 1, got 0",
+        ),
         ({"name": "fake", "fake_image_size": 0}, "fake_image_size must be an int >= 1, got 0"),
         ({"name": "imagenet"}, "dataset must be one of"),
     ],

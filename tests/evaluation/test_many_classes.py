@@ -53,7 +53,7 @@ def test_row_blocks_give_the_same_fit() -> None:
         torch.testing.assert_close(blocked.intercept_, whole.intercept_, rtol=1e-6, atol=1e-8)
         assert blocked.loss_ == pytest.approx(whole.loss_, rel=1e-12)
         assert torch.equal(blocked.predict(x), whole.predict(x))
-    with pytest.raises(ValueError, match="chunk_rows must be an int >= 1 or None, got 0"):
+    with pytest.raises(ValueError, match=r"chunk_rows must be an int >= 1, got 0"):
         LogisticRegression(chunk_rows=0)
 
 

@@ -92,11 +92,14 @@ def test_linear_probe_rejects_bad_inputs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"c_min": 0.0}, "c_min must be a finite number > 0, got 0.0"),
+        ({"c_min": 0.0}, r"c_min must be a real number > 0, got 0\.0"),
         ({"c_min": 1.0, "c_max": 0.5}, "c_max must be finite and >= c_min=1.0, got 0.5"),
         ({"grid_points": 1}, "grid_points must be >= 2, got 1"),
         ({"refine_steps": -1}, "refine_steps must be >= 0, got -1"),
-        ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
+        (
+            {"val_fraction": 0.0},
+            r"val_fraction must be a real number in \(0, 1\), got 0\.0",
+        ),
         ({"max_iter": 0}, "max_iter must be an int >= 1, got 0"),
     ],
 )
@@ -108,12 +111,12 @@ def test_search_config_validation(kwargs: dict[str, float], match: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"grid_points": 2.5}, r"grid_points must be an int, got 2.5 \(float\)"),
-        ({"refine_steps": 1.5}, r"refine_steps must be an int, got 1.5 \(float\)"),
-        ({"grid_points": True}, r"grid_points must be an int, got True \(bool\)"),
-        ({"c_min": "1"}, r"c_min must be a real number, got '1' \(str\)"),
-        ({"c_max": None}, r"c_max must be a real number, got None \(NoneType\)"),
-        ({"val_fraction": "0.2"}, r"val_fraction must be a real number, got '0.2' \(str\)"),
+        ({"grid_points": 2.5}, r"grid_points must be an int, got float 2\.5"),
+        ({"refine_steps": 1.5}, r"refine_steps must be an int, got float 1\.5"),
+        ({"grid_points": True}, r"grid_points must be an int, got bool True"),
+        ({"c_min": "1"}, r"c_min must be a real number, got str '1'"),
+        ({"c_max": None}, r"c_max must be a real number, got NoneType None"),
+        ({"val_fraction": "0.2"}, r"val_fraction must be a real number, got str '0\.2'"),
     ],
 )
 def test_search_config_rejects_wrong_types(kwargs: dict[str, object], match: str) -> None:

@@ -8,6 +8,8 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
+from protohead import _validation as check
+
 __all__ = ["MultiCropEncoder", "group_by_resolution", "repeat_per_crop"]
 
 Runs = Sequence[tuple[int, int]]
@@ -81,10 +83,7 @@ def repeat_per_crop(values: Tensor, num_crops: int) -> Tensor:
         raise TypeError(f"values must be a Tensor, got {type(values).__name__}")
     if values.ndim == 0:
         raise ValueError("values must have shape (b, ...), got a 0-d tensor")
-    if isinstance(num_crops, bool) or not isinstance(num_crops, int):
-        raise TypeError(f"num_crops must be an int, got {type(num_crops).__name__}")
-    if num_crops < 1:
-        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+    num_crops = check.integer("num_crops", num_crops, 1)
     return repeat(values, "b ... -> (n b) ...", n=num_crops)
 
 

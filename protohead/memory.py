@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from protohead import _validation as check
 from protohead._memory_checks import (
     batch_validity,
     check_label_form,
@@ -143,10 +144,7 @@ class PrototypeMemoryBank(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("size", size), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            check.integer(name, value, 1)
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         if on_invalid not in _ON_INVALID:

@@ -128,7 +128,7 @@ def test_repeat_per_crop_matches_the_crop_major_encoder_order():
     [
         ((torch.tensor(1), 2), ValueError, r"values must have shape \(b, \.\.\.\), got a 0-d"),
         (([1, 2], 2), TypeError, "values must be a Tensor, got list"),
-        ((torch.arange(2), 0), ValueError, "num_crops must be >= 1, got 0"),
+        ((torch.arange(2), 0), ValueError, r"num_crops must be an int >= 1, got 0"),
         ((torch.arange(2), 2.0), TypeError, "num_crops must be an int, got float"),
         ((torch.arange(2), True), TypeError, "num_crops must be an int, got bool"),
     ],

@@ -203,9 +203,9 @@ def test_skip_mode_ignores_invalid_batch_without_raising():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"dim": 0, "size": 4, "num_classes": 2}, ValueError, "dim must be >= 1, got 0"),
-        ({"dim": 4, "size": -1, "num_classes": 2}, ValueError, "size must be >= 1, got -1"),
-        ({"dim": 4, "size": 4, "num_classes": 0}, ValueError, "num_classes must be >= 1"),
+        ({"dim": 0, "size": 4, "num_classes": 2}, ValueError, r"dim must be an int >= 1, got 0"),
+        ({"dim": 4, "size": -1, "num_classes": 2}, ValueError, r"size must be an int >= 1, got -1"),
+        ({"dim": 4, "size": 4, "num_classes": 0}, ValueError, "num_classes must be an int >= 1"),
         ({"dim": 4.0, "size": 4, "num_classes": 2}, TypeError, "dim must be an int"),
         ({"dim": 4, "size": 4, "num_classes": 2, "init": "zeros"}, ValueError, "init must be"),
         (

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
+from protohead import _validation as check
 from protohead.augment import kernels
 from protohead.augment.config import MultiCropConfig
 from protohead.augment.image_batch import as_image_batch, valid_region_float
@@ -118,10 +119,7 @@ class BatchedMultiCrop(nn.Module):
             raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
         if not isinstance(fuse, bool):
             raise TypeError(f"fuse must be a bool, got {fuse!r}")
-        if isinstance(cpu_chunk_size, bool) or not isinstance(cpu_chunk_size, int):
-            raise TypeError(f"cpu_chunk_size must be an int, got {cpu_chunk_size!r}")
-        if cpu_chunk_size < 1:
-            raise ValueError(f"cpu_chunk_size must be >= 1, got {cpu_chunk_size}")
+        cpu_chunk_size = check.integer("cpu_chunk_size", cpu_chunk_size, 1)
         self.config = resolved
         self.output_dtype = output_dtype
         self.channels_last = channels_last

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from protohead import _validation as check
 from protohead.augment.image_batch import check_sizes
 
 __all__ = [
@@ -212,10 +213,7 @@ def sample_crop_params(
         (torch.Size([3, 1]), True, False)
     """
     sizes = check_sizes(sizes, None)
-    if isinstance(num_crops, bool) or not isinstance(num_crops, int):
-        raise TypeError(f"num_crops must be an int, got {num_crops!r}")
-    if num_crops < 0:
-        raise ValueError(f"num_crops must be >= 0, got {num_crops}")
+    num_crops = check.integer("num_crops", num_crops, 0)
     check_generator(generator, sizes.device)
     b = sizes.shape[0]
     m = num_crops * b

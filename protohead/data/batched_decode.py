@@ -30,6 +30,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from protohead import _validation as check
 from protohead.augment.image_batch import pad_images
 from protohead.data.collate import SkippedSample
 from protohead.data.encoded import EncodedImage
@@ -160,11 +161,7 @@ def _fit(image: Tensor, max_side: int | None) -> Tensor:
 def _check_max_side(max_side: object) -> int | None:
     if max_side is None:
         return None
-    if isinstance(max_side, bool) or not isinstance(max_side, int):
-        raise TypeError(f"max_side must be an int or None, got {max_side!r}")
-    if max_side < 1:
-        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
-    return max_side
+    return check.integer("max_side", max_side, 1)
 
 
 def _pad(images: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -246,7 +246,7 @@ def test_constructor_validation() -> None:
         BatchedMultiCrop(flip_p=2.0)  # checked exactly as MultiCropTransform does
     with pytest.raises(TypeError, match="channels_last must be a bool"):
         BatchedMultiCrop(channels_last=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="cpu_chunk_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"cpu_chunk_size must be an int >= 1, got 0"):
         BatchedMultiCrop(cpu_chunk_size=0)
 
 

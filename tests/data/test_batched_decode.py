@@ -257,9 +257,9 @@ def test_max_side_shrinks_only_large_images_keeping_the_aspect():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_side": 0}, ValueError, "max_side must be >= 1 or None, got 0"),
-        ({"max_side": 2.5}, TypeError, "max_side must be an int or None, got 2.5"),
-        ({"max_side": True}, TypeError, "max_side must be an int or None, got True"),
+        ({"max_side": 0}, ValueError, r"max_side must be an int >= 1, got 0"),
+        ({"max_side": 2.5}, TypeError, r"max_side must be an int, got float 2\.5"),
+        ({"max_side": True}, TypeError, r"max_side must be an int, got bool True"),
     ],
 )
 def test_settings_are_checked(kwargs, error, match):

@@ -12,10 +12,13 @@ This file lives at the repository root for torch.hub only; the installed package
 
 from __future__ import annotations
 
+from collections.abc import Callable as _Callable
+
 import torchvision
 from torch import nn
 
 from protohead.pretrained import load_pretrained as _load_pretrained
+from protohead.pretrained import pretrained_info as _pretrained_info
 
 # torch.hub checks these before running an entry point; importing protohead needs einops too.
 dependencies = ["torch", "torchvision", "einops"]
@@ -32,61 +35,31 @@ def _entry(name: str, pretrained: bool, progress: bool, weights_source: str | No
     return _load_pretrained(name, source=weights_source, progress=progress)
 
 
-def trex_resnet50(
-    pretrained: bool = True, progress: bool = True, weights_source: str | None = None
-) -> nn.Module:
-    """t-ReX ResNet-50 of the paper (IN1K top-1 78.0, mean transfer log-odds 1.1704).
+def _entry_point(name: str) -> _Callable[..., nn.Module]:
+    """The hub entry point of one registry name, documented from the registry's record."""
+    info = _pretrained_info(name)
 
-    Weights: CC BY-NC-SA 4.0 (the authors'). ``fc`` keeps its random initialisation.
+    def entry(
+        pretrained: bool = True, progress: bool = True, weights_source: str | None = None
+    ) -> nn.Module:
+        return _entry(name, pretrained, progress, weights_source)
 
-    Args:
-        pretrained: Load the released weights; ``False`` gives an untrained resnet50.
-        progress: Show a progress bar while downloading.
-        weights_source: A local path or URL of the file, instead of the authors' server.
-    """
-    return _entry("trex_resnet50", pretrained, progress, weights_source)
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"""{info.title} (IN1K top-1 {info.imagenet_top1}, mean transfer log-odds \
+{info.transfer_log_odds:.4f}).
 
-
-def trex_star_resnet50(
-    pretrained: bool = True, progress: bool = True, weights_source: str | None = None
-) -> nn.Module:
-    """t-ReX* ResNet-50 of the paper (IN1K top-1 80.2, mean transfer log-odds 0.8829).
-
-    Weights: CC BY-NC-SA 4.0 (the authors'). ``fc`` keeps its random initialisation.
+    Weights: {info.license} (the authors'). ``fc`` keeps its random initialisation.
 
     Args:
         pretrained: Load the released weights; ``False`` gives an untrained resnet50.
         progress: Show a progress bar while downloading.
         weights_source: A local path or URL of the file, instead of the authors' server.
     """
-    return _entry("trex_star_resnet50", pretrained, progress, weights_source)
+    return entry
 
 
-def trex_resnet50_repro(
-    pretrained: bool = True, progress: bool = True, weights_source: str | None = None
-) -> nn.Module:
-    """t-ReX ResNet-50 reproduced by the authors (IN1K top-1 77.9, transfer log-odds 1.1664).
-
-    Weights: CC BY-NC-SA 4.0 (the authors'). ``fc`` keeps its random initialisation.
-
-    Args:
-        pretrained: Load the released weights; ``False`` gives an untrained resnet50.
-        progress: Show a progress bar while downloading.
-        weights_source: A local path or URL of the file, instead of the authors' server.
-    """
-    return _entry("trex_resnet50_repro", pretrained, progress, weights_source)
-
-
-def trex_star_resnet50_repro(
-    pretrained: bool = True, progress: bool = True, weights_source: str | None = None
-) -> nn.Module:
-    """t-ReX* ResNet-50 reproduced by the authors (IN1K top-1 80.2, transfer log-odds 0.8800).
-
-    Weights: CC BY-NC-SA 4.0 (the authors'). ``fc`` keeps its random initialisation.
-
-    Args:
-        pretrained: Load the released weights; ``False`` gives an untrained resnet50.
-        progress: Show a progress bar while downloading.
-        weights_source: A local path or URL of the file, instead of the authors' server.
-    """
-    return _entry("trex_star_resnet50_repro", pretrained, progress, weights_source)
+# One entry point per registry name (torch.hub lists the module's public callables).
+trex_resnet50 = _entry_point("trex_resnet50")
+trex_star_resnet50 = _entry_point("trex_star_resnet50")
+trex_resnet50_repro = _entry_point("trex_resnet50_repro")
+trex_star_resnet50_repro = _entry_point("trex_star_resnet50_repro")

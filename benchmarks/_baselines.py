@@ -34,8 +34,9 @@ class AuthorsMemory(nn.Module):
         self.register_buffer("features", torch.randn(size, dim))
         self.register_buffer("labels", torch.randint(0, num_classes, (size,)))
 
-    def check_labels(self, labels: Tensor) -> None:
-        """No check: the straightforward memory trusts its labels."""
+    def _mode(self) -> str:
+        """Invalid-input policy as TReX asks its memory: none is checked, like the authors'."""
+        return "skip"
 
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> None:

@@ -6,13 +6,18 @@ prototypes, then enqueue a batch. Three variants:
 * ``skip``: ``PrototypeMemoryBank(on_invalid="skip")``, the accelerator default (no host sync);
 * ``raise``: ``on_invalid="raise"``, the CPU default (reads the validity check on the host);
 * ``naive``: overwrite the ring, then re-reduce the whole ring into class means every step;
+* ``skip, fused``: ``PrototypeMemoryBank(on_invalid="skip", fused=True)``, the step as two
+  ``torch.compile``-d functions (skipped with a note where compiling fails);
 * ``skip, graph`` (``--device cuda`` only): the ``skip`` step captured once in a CUDA graph
   and replayed, which a skip-mode step allows (no host sync, fixed ops); inputs are copied
   into the graph's static tensors first, as a training loop would.
 
 Table 1 counts the aten ops that one step dispatches (a ``TorchDispatchMode`` on the CPU; the
 count is deterministic) and how many of them are host syncs (``_local_scalar_dense``,
-``item``, ``is_nonzero``, ``nonzero``...). Table 2 times the step: the three variants run in
+``item``, ``is_nonzero``, ``nonzero``...); for the fused step it counts the kernels Inductor
+generates for its two graphs (each runs once per step; extern calls such as a matmul would
+come on top, the memory step has none), with the host syncs of the same functions run
+eagerly. Table 2 times the step: the three variants run in
 interleaved rounds in one process, so machine load hits them alike, and the median of each
 variant's per-step times is kept; ``naive / x`` > 1 means x is faster than the naive way.
 
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from protohead import PrototypeMemoryBank
+from protohead._fused_memory_step import FusedStep
 
 # Ops that read a device value on the host (a stall on an accelerator).
 HOST_SYNC_OPS = ("_local_scalar_dense", "item", "is_nonzero", "nonzero", "equal", "allclose")
@@ -107,6 +113,9 @@ def make_variants(
         "raise": PrototypeMemoryBank(dim, size, classes, on_invalid="raise", generator=gen).to(
             device
         ),
+        "skip, fused": PrototypeMemoryBank(
+            dim, size, classes, on_invalid="skip", generator=gen, fused=True
+        ).to(device),
     }
 
 
@@ -132,6 +141,21 @@ def count_ops(size: int, classes: int, dim: int, batch: int) -> dict[str, tuple[
             step()
         out[name] = (len(counter.ops), len(counter.host_syncs))
     return out
+
+
+def count_fused_kernels(size: int, classes: int, dim: int, batch: int) -> int | None:
+    """Kernels Inductor generates for the fused skip-mode step; ``None`` if it cannot compile."""
+    from torch._inductor import config, metrics
+
+    torch._dynamo.reset()
+    FusedStep._compiled.clear()
+    with config.patch(fx_graph_cache=False):  # a cache hit would generate nothing to count
+        metrics.reset()
+        bank = PrototypeMemoryBank(dim, size, classes, on_invalid="skip", fused=True)
+        step_fn(bank, torch.randn(batch, dim), torch.randint(0, classes, (batch,)))()
+        kernels = metrics.generated_kernel_count
+    assert bank._fused_step is not None
+    return None if bank._fused_step.failed else kernels
 
 
 def graph_step(
@@ -213,17 +237,20 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), timings on {where}\n")
     print("Aten ops dispatched by one update + prototypes (host syncs in brackets), CPU:\n")
-    print("| size | classes | dim | batch | skip | raise | naive |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | classes | dim | batch | skip | raise | naive | skip, fused: kernels |")
+    print("|---|---|---|---|---|---|---|---|")
     for dims in sizes:
         counts = count_ops(*dims)
         cells = " | ".join(f"{counts[v][0]} ({counts[v][1]})" for v in ("skip", "raise", "naive"))
-        print(size_label(*dims) + f"| {cells} |")
+        kernels = count_fused_kernels(*dims)
+        fused = "compile failed" if kernels is None else f"{kernels} ({counts['skip, fused'][1]})"
+        print(size_label(*dims) + f"| {cells} | {fused} |")
     if args.no_timing:
         return
 
     print(f"\nStep time (median of {rounds} interleaved rounds), {where}:\n")
-    variants = ["naive", "skip", "raise"] + (["skip, graph"] if device.type == "cuda" else [])
+    variants = ["naive", "skip", "raise", "skip, fused"]
+    variants += ["skip, graph"] if device.type == "cuda" else []
     print("| size | classes | dim | batch | " + " | ".join(variants) + " | ", end="")
     print(" | ".join(f"naive / {v}" for v in variants[1:]) + " | skip / raise |")
     print("|---" * (4 + 2 * len(variants)) + "|")

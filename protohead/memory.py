@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from protohead import _validation as check
+from protohead._fused_memory_step import FusedStep
 from protohead._memory_checks import (
     batch_validity,
     check_label_form,
     check_update_inputs,
     raise_invalid,
-    state_problems,
 )
+from protohead._memory_state import MemoryState
 from protohead._running_class_sums import (
-    BatchConstants,
     batch_constants,
     enqueue,
     normalise,
     normalise_rows,
-    row_units,
 )
 from protohead.distributed import all_gather_rows, get_world_size
 
@@ -32,12 +30,9 @@ MemoryInit = Literal["random", "empty"]
 OnInvalid = Literal["auto", "raise", "skip"]
 _INITS = ("random", "empty")
 _ON_INVALID = ("auto", "raise", "skip")
-# Attributes that view buffers: rebuilt after a device move or unpickling, never pickled
-# (torch.save refuses two dtypes viewing one storage).
-_VIEWS = ("_ring_units", "_prototype_rows", "_prototype_units", "_sum_rows", "_count_rows")
 
 
-class PrototypeMemoryBank(nn.Module):
+class PrototypeMemoryBank(MemoryState):
     """Ring buffer of features and labels whose L2-normalised class means act as class weights.
 
     This is the online class means (OCM) component of t-ReX (Sariyildiz et al., ICLR 2023,
@@ -108,6 +103,14 @@ class PrototypeMemoryBank(nn.Module):
             (a ``DistributedSampler`` with ``drop_last=True``): the distributed gather skips
             the exchange of row counts, so a ``"skip"``-mode update never syncs the host (see
             :func:`~protohead.distributed.all_gather_rows`). No effect in a single process.
+        fused: Run :meth:`update` and :meth:`prototypes` as ``torch.compile``-d functions:
+            about a dozen fused loops per step instead of some thirty dispatched ops (kernel
+            launches on an accelerator), no host sync in skip mode, the same state as the
+            eager path. Prototypes are then renormalised in full on every call (one fused
+            pass over the ``(num_classes, dim)`` sums), so on the CPU with many classes the
+            eager cache can be cheaper. Each new batch size compiles once (seconds); needs a
+            C++ compiler on the CPU or Triton on a GPU; if compiling fails the memory
+            warns once (``RuntimeWarning``) and runs the same step eagerly.
 
     Raises:
         TypeError: If a size is not an int.
@@ -124,14 +127,6 @@ class PrototypeMemoryBank(nn.Module):
         [1, 0, 1]
     """
 
-    features: Tensor
-    labels: Tensor
-    ptr: Tensor
-    num_skipped_updates: Tensor
-    _class_sums: Tensor
-    _class_counts: Tensor
-    _prototypes: Tensor
-
     def __init__(
         self,
         dim: int,
@@ -141,6 +136,7 @@ class PrototypeMemoryBank(nn.Module):
         on_invalid: OnInvalid = "auto",
         generator: torch.Generator | None = None,
         equal_batches: bool = False,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("size", size), ("num_classes", num_classes)):
@@ -149,14 +145,16 @@ class PrototypeMemoryBank(nn.Module):
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         if on_invalid not in _ON_INVALID:
             raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
-        if not isinstance(equal_batches, bool):
-            raise TypeError(f"equal_batches must be a bool, got {type(equal_batches).__name__}")
+        check.boolean("equal_batches", equal_batches)
+        check.boolean("fused", fused)
         self.dim = dim
         self.size = size
         self.num_classes = num_classes
         self.init = init
         self.on_invalid = on_invalid
         self.equal_batches = equal_batches
+        self.fused = fused
+        self._fused_step = FusedStep() if fused else None
 
         self.register_buffer("features", torch.zeros(size, dim), persistent=True)
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long), persistent=True)
@@ -166,41 +164,6 @@ class PrototypeMemoryBank(nn.Module):
         )
         self._add_derived_state()
         self.reset(generator=generator)
-
-    def _add_derived_state(self) -> None:
-        """Registers the running sums, counts and prototype cache (see _running_class_sums)."""
-        buckets, device = self.num_classes + 1, self.features.device
-        sums = torch.zeros(buckets, self.dim, dtype=torch.float64, device=device)
-        self.register_buffer("_class_sums", sums, persistent=False)
-        counts = torch.zeros(buckets, 1, dtype=torch.long, device=device)
-        self.register_buffer("_class_counts", counts, persistent=False)
-        self.register_buffer("_prototypes", torch.zeros(buckets, self.dim), persistent=False)
-        self._batch_constants: dict[int, BatchConstants] = {}
-        self._cache_valid = False  # whether _prototypes holds the current normalised sums
-        self._link_views()
-
-    def _link_views(self) -> None:
-        """(Re)creates the views of the buffers that the step uses (see _VIEWS)."""
-        self._ring_units = row_units(self.features)
-        self._prototype_rows = self._prototypes[: self.num_classes]
-        self._prototype_units = row_units(self._prototypes)
-        self._sum_rows = self._class_sums[: self.num_classes]
-        self._count_rows = self._class_counts[: self.num_classes]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state: dict[str, Any] = super().__getstate__()
-        for name in _VIEWS:
-            state.pop(name, None)
-        state["_batch_constants"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "_prototypes" not in self._buffers:
-            self._add_derived_state()  # pickled by a protohead without the prototype cache
-            self.resync()
-        else:
-            self._link_views()
 
     @torch.no_grad()
     def reset(self, generator: torch.Generator | None = None) -> None:
@@ -217,16 +180,6 @@ class PrototypeMemoryBank(nn.Module):
             self.features.zero_()
             self.labels.fill_(-1)
         self.resync()
-
-    @torch.no_grad()
-    def resync(self) -> None:
-        """Recompute the running class sums and counts exactly from the ring."""
-        buckets = self.labels.remainder(self.num_classes + 1)  # -1 (empty) -> extra bucket
-        self._class_sums.zero_().index_add_(0, buckets, self.features.double())
-        ones = torch.ones_like(buckets).unsqueeze(1)
-        self._class_counts.zero_().index_add_(0, buckets, ones)
-        self._class_counts[self.num_classes] = 0  # the extra bucket's count is not kept
-        self._cache_valid = False
 
     @property
     def class_counts(self) -> Tensor:
@@ -250,6 +203,11 @@ class PrototypeMemoryBank(nn.Module):
 
         Shapes: ``-> (num_classes, dim)`` float32, a new tensor on every call.
         """
+        if self._fused_step is not None:
+            protos: Tensor = self._fused_step.run(
+                "prototypes", self._class_sums, self._class_counts
+            )
+            return protos
         if self._cache_valid:
             return self._prototype_rows.clone()
         return normalise(self._sum_rows, self._count_rows, float32_first=self._float32_first())
@@ -324,6 +282,11 @@ class PrototypeMemoryBank(nn.Module):
         rows = features.shape[0]
         if rows == 0:
             return
+        # (A batch larger than the ring takes the eager path, which judges validity on the
+        # rows it then drops too.)
+        if self._fused_step is not None and rows <= self.size:
+            self._update_fused(features, labels)
+            return
 
         # Validity covers every gathered row, also those an oversized batch drops below: an
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
@@ -361,45 +324,25 @@ class PrototypeMemoryBank(nn.Module):
             normalise(self._sum_rows, self._count_rows, self._prototype_rows, float32_first=fast)
             self._cache_valid = True
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PrototypeMemoryBank:
-        # Module casts (.half(), .double(), .to(torch.bfloat16), a parent's .float()...) would
-        # turn the float64 sums into float32 (an index_add_ dtype error at the next update)
-        # and round the float32 ring. Every buffer keeps its dtype; only device moves apply.
-        def keep_dtype(tensor: Tensor) -> Tensor:
-            moved = fn(tensor)
-            return moved if moved.dtype == tensor.dtype else tensor.to(device=moved.device)
-
-        super()._apply(keep_dtype, recurse)
-        self._link_views()
-        self._batch_constants.clear()  # they live on the old device
-        return self
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # PyTorch copies buffer by buffer, so one bad entry would leave the ring half-loaded
-        # (or, with labels >= num_classes, make resync() index out of bounds). Every incoming
-        # entry is checked first; on any problem nothing of this module is copied and the
-        # messages go to error_msgs, from which load_state_dict raises its RuntimeError.
-        problems = state_problems(state_dict, prefix, self.size, self.dim, self.num_classes)
-        if problems:
-            error_msgs.extend(problems)
-            return
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    def _update_fused(self, features: Tensor, labels: Tensor) -> None:
+        """The update through the fused step (see ``_fused_memory_step``)."""
+        assert self._fused_step is not None
+        offsets, count_signs = self._fused_step.constants(features.shape[0], features.device)
+        raising = self._mode() == "raise"
+        ring = (self.features, self.labels, self.ptr, self.num_skipped_updates)
+        sums = (self._class_sums, self._class_counts)
+        valid = self._fused_step.run(
+            "write", *ring, *sums, features, labels, offsets, count_signs, not raising
         )
-        self.resync()  # the running sums are derived state, not saved
+        self._cache_valid = False  # prototypes() renormalises (fused) from the sums
+        # Raise mode: the write was gated on the device, so an invalid batch left the memory
+        # untouched; the one host read comes after it.
+        if raising and not bool(valid):
+            raise_invalid(labels, self.num_classes)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, num_classes={self.num_classes}, "
             f"init={self.init!r}, on_invalid={self.on_invalid!r}, "
-            f"equal_batches={self.equal_batches}"
+            f"equal_batches={self.equal_batches}, fused={self.fused}"
         )

@@ -124,6 +124,9 @@ class TReX(nn.Module):
             ``drop_last=True``): the memory's distributed gather needs no host sync, see
             :class:`PrototypeMemoryBank`. Unequal batches are then not detected (gloo aborts
             the process, see :func:`~protohead.distributed.all_gather_rows`).
+        fused_memory: Run the memory's step ``torch.compile``-d (``fused=True`` of
+            :class:`PrototypeMemoryBank`): a dozen fused kernels instead of some thirty
+            launches per step on an accelerator, with an eager fallback.
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -158,6 +161,7 @@ class TReX(nn.Module):
         on_invalid: OnInvalid = "auto",
         small_input_stem: bool = False,
         equal_batches: bool = False,
+        fused_memory: bool = False,
     ) -> None:
         super().__init__()
         backbone, feature_dim = _resolve_backbone(backbone, feature_dim, small_input_stem)
@@ -185,6 +189,7 @@ class TReX(nn.Module):
                 init=memory_init,
                 on_invalid=on_invalid,
                 equal_batches=equal_batches,
+                fused=fused_memory,
             )
         self.student = MultiCropEncoder(backbone, projector)
         self.classifier = PrototypeClassifier(out_dim, num_classes, temperature, memory)

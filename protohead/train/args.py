@@ -339,7 +339,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the student and teacher; faster steps after minutes of compiling",
+        help="torch.compile the student, the teacher and the memory step (TReX(fused_memory="
+        "True)); faster steps after minutes of compiling",
     )
     run.add_argument(
         "--compile-mode",

@@ -348,6 +348,7 @@ def _build_model(args: argparse.Namespace, preset: TReXPreset, num_classes: int)
             on_invalid="skip",
             # drop_last=True gives every rank equal batches unless bad images are dropped.
             equal_batches=not args.skip_bad_images,
+            fused_memory=args.compile,
         )
     except (ValueError, ImportError) as err:  # e.g. --small-input-stem on a ViT
         raise UsageError(str(err)) from err

@@ -4,7 +4,8 @@
 # prints its own table, and the run ends with one summary table of every figure
 # (benchmarks/gpu_summary.py over the log):
 #   1. benchmarks/bench_memory_ops.py on the GPU: OCM memory update + prototypes, ms against
-#      the naive re-reduction (M = 8192 / 65536 / 262144, B = 64 / 256), aten ops counted;
+#      the naive re-reduction (M = 8192 / 65536 / 262144, B = 64 / 256), eager, fused
+#      (fused=True: each size compiles first) and CUDA-graph replay, aten ops counted;
 #   2. benchmarks/bench_decode.py: JPEG bytes -> batched decode (nvJPEG) -> crops on the GPU,
 #      against PIL decode + MultiCropTransform on one CPU core (x16 for 16 workers);
 #   3. benchmarks/gpu_check_train.py --speedups: the ResNet-50 t-ReX step, eager and with the
@@ -35,7 +36,7 @@ step() {  # step TITLE TIMEOUT CMD...: run, report, keep going (one failure must
     timeout "$limit" "$@" || { echo "FAILED ($title): exit $?"; status=1; }
     echo "($title: $((SECONDS - begin)) s)"
 }
-step "memory update on the GPU" 90 python benchmarks/bench_memory_ops.py --device cuda
+step "memory update on the GPU" 300 python benchmarks/bench_memory_ops.py --device cuda
 step "decode + crops" 120 python benchmarks/bench_decode.py --device cuda --batch 64
 step "t-ReX step, eager vs fused/compiled" 240 python benchmarks/gpu_check_train.py \
     --batch-size 128 --speedups

@@ -251,9 +251,9 @@ def test_wing_name_is_in_the_api_reference(wing, name):
 NO_EXAMPLE = {
     "protohead.train.trainer.cli": "runs a training (see the packaging test)",
     "protohead.train.trainer.main": "runs a training",
-    "protohead.train.trainer.train_one_epoch": "needs a model, loaders and an optimiser",
-    "protohead.train.trainer.evaluate": "needs a model and a sharded loader",
-    "protohead.train.trainer.NonFiniteLossError": "raised by a diverging run; cli exits 2",
+    "protohead.train.loop.train_one_epoch": "needs a model, loaders and an optimiser",
+    "protohead.train.loop.evaluate": "needs a model and a sharded loader",
+    "protohead.train.loop.NonFiniteLossError": "raised by a diverging run; cli exits 2",
 }
 
 # Documented classes/functions whose docstring still lacks an ``Example:`` doctest (other

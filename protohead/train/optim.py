@@ -17,7 +17,7 @@ from torch import nn
 
 from protohead import _validation as check
 
-__all__ = ["WarmupCosineLR", "lr_at", "param_groups", "scaled_lr"]
+__all__ = ["WarmupCosineLR", "lr_at", "param_groups", "scaled_lr", "sgd_implementation"]
 
 
 def scaled_lr(base_lr: float, global_batch_size: int, reference_batch_size: int = 256) -> float:
@@ -230,3 +230,18 @@ class WarmupCosineLR:
                 "global batch size (batch size x processes) and learning rate, or start a new run"
             )
         self.num_steps = value
+
+
+def sgd_implementation(choice: str, device: torch.device) -> dict[str, bool]:
+    """``torch.optim.SGD`` keyword arguments for ``--optimizer-impl`` on ``device``.
+
+    All three give the same update; they differ in kernel launches per step (one per parameter
+    tensor for the for-loop, which dominates the optimiser's cost on a GPU).
+
+    Example:
+        >>> sgd_implementation("auto", torch.device("cpu"))
+        {'foreach': True, 'fused': False}
+    """
+    if choice == "auto":
+        choice = "fused" if device.type == "cuda" else "foreach"
+    return {"foreach": choice == "foreach", "fused": choice == "fused"}

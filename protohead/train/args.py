@@ -339,8 +339,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the student, the teacher and the memory step (TReX(fused_memory="
-        "True)); faster steps after minutes of compiling",
+        help="torch.compile the student and the teacher (and, with --fused-memory auto, the "
+        "memory step); faster steps after minutes of compiling",
+    )
+    run.add_argument(
+        "--fused-memory",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the OCM memory step torch.compile-d (TReX(fused_memory=True)): a dozen fused "
+        "kernels instead of ~35 launches per step, same state, seconds of compiling; auto = on "
+        "for CUDA or with --compile, off otherwise",
     )
     run.add_argument(
         "--compile-mode",

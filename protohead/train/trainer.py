@@ -76,6 +76,7 @@ __all__ = [
     "UsageError",
     "cli",
     "evaluate",
+    "fused_memory",
     "get_args_parser",
     "main",
     "resolve_preset",
@@ -124,7 +125,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         cleanup_distributed()
 
 
-def _build_model(args: argparse.Namespace, preset: TReXPreset, num_classes: int) -> TReX:
+def _build_model(
+    args: argparse.Namespace, preset: TReXPreset, num_classes: int, device: torch.device
+) -> TReX:
     try:
         return TReX(
             args.arch,
@@ -135,10 +138,26 @@ def _build_model(args: argparse.Namespace, preset: TReXPreset, num_classes: int)
             on_invalid="skip",
             # drop_last=True gives every rank equal batches unless bad images are dropped.
             equal_batches=not args.skip_bad_images,
-            fused_memory=args.compile,
+            fused_memory=fused_memory(args.fused_memory, args.compile, device),
         )
     except (ValueError, ImportError) as err:  # e.g. --small-input-stem on a ViT
         raise UsageError(str(err)) from err
+
+
+def fused_memory(choice: str, compile_model: bool, device: torch.device) -> bool:
+    """Whether ``--fused-memory`` compiles the memory step on ``device``.
+
+    ``auto`` compiles it where launches are the step's cost (CUDA) or where the model is
+    compiled anyway (``--compile``); the memory falls back to eager if compiling fails.
+
+    Example:
+        >>> cpu = torch.device("cpu")
+        >>> fused_memory("auto", False, cpu), fused_memory("auto", True, cpu)
+        (False, True)
+    """
+    if choice == "auto":
+        return compile_model or device.type == "cuda"
+    return choice == "on"
 
 
 def _start(args: argparse.Namespace, info: DistributedInfo) -> tuple[TReXPreset, ResumePlan | None]:
@@ -201,7 +220,7 @@ def _train(args: argparse.Namespace, info: DistributedInfo) -> dict[str, Any]:
             f"the training set gives no full batch of --batch-size {args.batch_size}: it has "
             f"{size} images{shares}; lower --batch-size"
         )
-    model = _build_model(args, preset, num_classes)
+    model = _build_model(args, preset, num_classes, device)
     if init_weights is not None:
         init_backbone(model, *init_weights)
         logger.info("backbone initialised from %s", init_weights[1])

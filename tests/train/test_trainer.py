@@ -454,3 +454,26 @@ def test_start_removes_temp_files_of_a_save_killed_mid_way(tmp_path, capsys):
     assert (out / "checkpoint.pth").is_file()
     assert not list(out.glob(".*.tmp"))
     assert "removed 1 stale temporary file(s)" in capsys.readouterr().out
+
+
+def test_fused_memory_trains_like_the_eager_memory(tmp_path):
+    # --fused-memory on compiles the memory step (or falls back to the same functions run
+    # eagerly where torch.compile has no backend): the run's weights and memory agree.
+    runs = {}
+    for choice in ("off", "on"):
+        train_trex.main(_args(tmp_path / choice, "--fused-memory", choice))
+        runs[choice] = load_checkpoint(tmp_path / choice / "checkpoint.pth")["model"]
+    assert runs["off"].keys() == runs["on"].keys()
+    for key, value in runs["off"].items():
+        if key.startswith("classifier.memory.") and not value.is_floating_point():
+            assert torch.equal(runs["on"][key], value), key
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(runs["on"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_fused_memory_auto_is_on_for_cuda_and_with_compile():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train_trex.fused_memory("auto", False, cuda) is True
+    assert train_trex.fused_memory("auto", False, cpu) is False
+    assert train_trex.fused_memory("auto", True, cpu) is True
+    assert train_trex.fused_memory("off", True, cuda) is False

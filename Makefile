@@ -69,7 +69,7 @@ demo: $(STAMP) fashion-mnist
 # presets on Fashion-MNIST classes 0,1,5,7,8 with training seeds 0-2, probes every frozen
 # backbone on the unseen classes 2,3,4,6,9 with the transfer protocol, and prints the rows and
 # per-preset mean +- std over seeds; draws tradeoff.png when matplotlib is installed. CPU only,
-# about 22 minutes on 2 cores (docs/transfer.md says what the budget trades).
+# 38 minutes on 2 cores, measured (docs/transfer.md has the table and what the budget trades).
 EVAL_DEMO_OUT ?= runs/eval-demo
 EVAL_DEMO_FLAGS ?=
 eval-demo: $(STAMP) fashion-mnist

@@ -21,8 +21,9 @@ classes, so a linear probe is far from saturation (the classes 5-9 of the former
 class has a seen relative (T-shirt for the tops and the dress, sandal and sneaker for the ankle
 boot), as the ImageNet-CoG levels keep unseen concepts near the seen ones.
 
-``make eval-demo`` runs it (about 22 minutes on 2 CPU cores: 4 epochs per run, the unseen probe
-on 2,000 training images per class). Every step is a public command-line tool run as a
+``make eval-demo`` runs it (38 minutes on a 2-core machine, about 35 of them without other
+load: 4 epochs per run, the unseen probe on 2,000 training images per class; see
+docs/transfer.md for the measured table). Every step is a public command-line tool run as a
 subprocess, so any row can be reproduced from the commands this script prints. Results go to
 ``<output-dir>/eval_demo.json`` (written atomically) and ``<output-dir>/tradeoff.png``, next to
 each run's checkpoint and transfer report (``<output-dir>/<preset>/seed<N>/``).

@@ -109,6 +109,7 @@ def enqueue(
     consts: BatchConstants,
     valid: Tensor | None,
     start: int | None = None,
+    new_deltas_ready: bool = False,
 ) -> Tensor:
     """Writes a batch at ``ptr`` over the oldest rows and moves the class sums and counts.
 
@@ -116,7 +117,8 @@ def enqueue(
     ring, the pointer and every class's sum and count stay bit-identical. ``None`` means the
     batch is known to be valid (checked on the host), which saves the gating; then
     ``start``, the pointer's value if the host read it, lets a batch that does not wrap
-    around the ring be read and written as contiguous slices.
+    around the ring be read and written as contiguous slices. ``new_deltas_ready`` says that
+    ``consts.new_deltas`` already holds ``features`` in float64 (copied for the check).
 
     Shapes: ``features (b, dim)`` float32, ``labels (b,)`` int64 with ``b <= ring rows``;
     ``ring_units`` is ``row_units(ring)`` ``-> (2b,)`` int64, the buckets (rows of ``sums``)
@@ -155,7 +157,8 @@ def enqueue(
         ring_labels.index_copy_(0, slots, labels)
     # One scatter-add moves each class sum by (new rows - evicted rows); the float64 deltas
     # are written in two halves (a concatenation into float64 converts twice as slowly).
-    consts.new_deltas.copy_(features)
+    if not new_deltas_ready:
+        consts.new_deltas.copy_(features)
     sums.index_add_(0, buckets, consts.deltas)
     counts.index_add_(0, buckets, consts.count_signs)
     return buckets

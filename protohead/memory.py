@@ -290,10 +290,19 @@ class PrototypeMemoryBank(MemoryState):
 
         # Validity covers every gathered row, also those an oversized batch drops below: an
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
-        valid = batch_validity(features, labels, self.num_classes)
+        raising = self._mode() == "raise"
+        consts, checked, new_deltas_ready = None, features, False
+        if raising and rows <= self.size:
+            # The sums need the new rows in float64 anyway: copied first, they give the check
+            # its float64 sum without converting the batch a second time.
+            consts = batch_constants(
+                self._batch_constants, rows, self.dim, self.num_classes, device
+            )
+            checked, new_deltas_ready = consts.new_deltas.copy_(features), True
+        valid = batch_validity(checked, labels, self.num_classes)
         gate: Tensor | None = valid
         start = None
-        if self._mode() == "raise":
+        if raising:
             # One host read gives the check's result and where the batch goes (-1: invalid).
             start = int(torch.where(valid, self.ptr, -1))
             if start < 0:
@@ -304,12 +313,17 @@ class PrototypeMemoryBank(MemoryState):
         if rows > self.size:
             features, labels = features[-self.size :], labels[-self.size :]
             rows = self.size
-        consts = batch_constants(self._batch_constants, rows, self.dim, self.num_classes, device)
+        if consts is None:
+            consts = batch_constants(
+                self._batch_constants, rows, self.dim, self.num_classes, device
+            )
         if self._ring_units.data_ptr() != self.features.data_ptr():
             self._link_views()  # load_state_dict(assign=True) replaced the ring
         sums, counts = self._class_sums, self._class_counts
         ring = (self.features, self._ring_units, self.labels, self.ptr)
-        buckets = enqueue(*ring, sums, counts, features, labels, consts, gate, start)
+        buckets = enqueue(
+            *ring, sums, counts, features, labels, consts, gate, start, new_deltas_ready
+        )
         # The update changed the classes of 2 * rows buckets. Renormalising just those into a
         # cache pays off when they are few next to the classes: a touched row costs about
         # one (float64) or two (float32 first) rows of a full renormalisation, and the cache

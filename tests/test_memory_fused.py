@@ -156,3 +156,16 @@ def test_fused_bank_moves_casts_and_reloads_like_the_eager_one():
     restored.load_state_dict(fused.state_dict())
     torch.testing.assert_close(restored.prototypes(), eager.prototypes())
     assert "fused=True" in repr(restored)
+
+
+def test_a_pickle_from_before_fused_loads_as_an_eager_memory():
+    import pickle
+
+    bank = PrototypeMemoryBank(4, 8, 3, init="empty")
+    bank.update(torch.randn(2, 4), torch.tensor([0, 2]))
+    del bank.__dict__["fused"], bank.__dict__["_fused_step"]  # as pickled by 0.1
+    restored = pickle.loads(pickle.dumps(bank))
+    assert restored.fused is False and restored._fused_step is None
+    restored.update(torch.randn(2, 4), torch.tensor([1, 2]))
+    assert restored.class_counts.tolist() == [1, 1, 2]
+    assert "fused=False" in repr(restored.to("cpu"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,8 +105,16 @@ def test_a_compile_failure_warns_once_and_runs_the_same_step_eagerly(monkeypatch
     monkeypatch.setattr(torch, "compile", broken_compile)
     eager, fused = twin_banks("skip")
     first = torch.randn(3, 8), torch.tensor([0, 1, 2])
-    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(TorchDynamoException: no C"):
+    with pytest.warns(
+        RuntimeWarning, match=r"torch.compile failed \(TorchDynamoException: no C"
+    ) as seen:
         fused.update(*first)
+    # docs/troubleshooting.md quotes the message, with the error elided.
+    message = str(seen[0].message).replace(
+        "TorchDynamoException: no C++ compiler found", "BackendCompilerFailed: ..."
+    )
+    page = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+    assert f"RuntimeWarning: {message}" in page
     eager.update(*first)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, NoReturn
+from typing import Any
 
+from protohead._cli import OneLineParser
 from protohead.data.class_subset import parse_classes
 from protohead.evaluation.datasets import DATASET_GROUPS, DATASETS
 from protohead.evaluation.features import IMAGENET_MEAN, IMAGENET_STD
@@ -23,14 +24,6 @@ __all__ = ["build_parser", "existing_paths"]
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "protohead", "features")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        text = " ".join(message.split())  # wrapped library messages become one line
-        self.exit(2, f"{self.prog}: error: {text}\n")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -232,7 +225,7 @@ def build_parser(*, plot: bool = False) -> argparse.ArgumentParser:
         ('ckpt.pth', [0], None, False)
     """
     if plot:
-        p = _OneLineParser(
+        p = OneLineParser(
             prog="python -m protohead.evaluation plot",
             description="Training-task top-1 against mean transfer log-odds, one point a model.",
             formatter_class=_HelpFormatter,
@@ -241,7 +234,7 @@ def build_parser(*, plot: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
         p.add_argument("--title", help="figure title")
         return p
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="python -m protohead.evaluation",
         description="Linear-probe transfer evaluation of a frozen backbone (t-ReX protocol).",
         epilog="Plot several reports: python -m protohead.evaluation plot A.json B.json --out F",

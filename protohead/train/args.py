@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from protohead import PRESETS, get_preset
+from protohead._cli import OneLineParser
 from protohead.data import DATASETS, dataset_info
 from protohead.data.class_subset import parse_classes
 from protohead.presets import TReXPreset
@@ -86,7 +87,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         >>> args.preset, args.epochs, args.batch_size
         ('trex-star', 100, 64)
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="protohead-train",
         description="t-ReX / t-ReX* training (Sariyildiz et al., ICLR 2023)",
         add_help=add_help,

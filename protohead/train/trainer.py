@@ -387,7 +387,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """The ``protohead-train`` command (``python -m protohead.train``); returns the exit code.
 
     A :class:`UsageError` becomes one ``protohead-train: error: ...`` line on stderr and exit
-    status 2, like argparse's own errors (``--debug`` re-raises it with its traceback).
+    status 2, as the parser's own errors do (``--debug`` re-raises it with its traceback).
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)

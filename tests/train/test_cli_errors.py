@@ -239,3 +239,21 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
         "resnet50?); see "
         "torchvision.models.list_models(module=torchvision.models), or use timm:NAME"
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fused-memory", "maybe"], "argument --fused-memory: invalid choice: 'maybe'"),
+        (["--preset", "tres"], "argument --preset: invalid choice: 'tres'"),
+        (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_parser_errors_are_one_line_too(capsys, argv, message):
+    # argparse's own errors used to print the 50-line usage block first.
+    with pytest.raises(SystemExit) as exit_info:
+        train_trex.cli(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(PREFIX + message), err

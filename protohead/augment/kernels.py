@@ -103,9 +103,12 @@ def hue_rotate(x: Tensor, factor: Tensor, out: Tensor | None = None) -> Tensor:
     value = x.amax(dim=1)
     chroma = x.amin(dim=1).neg_().add_(value)
     # Hue in sixths times chroma; r, then g, wins ties for the maximum, as in torchvision.
-    # (Selecting is exact: it gives the bits of the masked sum that torchvision computes.)
-    h6 = torch.where(g == value, (b - r).add_(chroma, alpha=2.0), (r - g).add_(chroma, alpha=4.0))
-    h6 = torch.where(r == value, g - b, h6)
+    is_r = (r == value).to(x.dtype)
+    not_r = 1.0 - is_r
+    is_g = (g == value).to(x.dtype).mul_(not_r)
+    h6 = (g - b).mul_(is_r)
+    h6.addcmul_((b - r).add_(chroma, alpha=2.0), is_g)
+    h6.addcmul_((r - g).add_(chroma, alpha=4.0), not_r.sub_(is_g))  # is_b
     # Grey pixels have h6 == 0 exactly, so a tiny divisor gives hue 0 like torchvision.
     h6.div_(chroma.clamp_min(1e-12)).add_(factor.view(-1, 1, 1), alpha=6.0)
     h6.sub_(h6.mul(1.0 / 6.0).floor_(), alpha=6.0)  # mod 6

@@ -57,6 +57,8 @@ class MemoryState(nn.Module):
         self.register_buffer("_prototypes", torch.zeros(buckets, self.dim), persistent=False)
         self._batch_constants: dict[int, BatchConstants] = {}
         self._cache_valid = False  # whether _prototypes holds the current normalised sums
+        self._sums_stale = False  # whether _class_sums lags the ring (see _ring_reduction)
+        self._handover: Tensor | None = None  # prototypes a large-batch step already made
         self._link_views()
 
     def _link_views(self) -> None:
@@ -72,6 +74,7 @@ class MemoryState(nn.Module):
         for name in _VIEWS:
             state.pop(name, None)
         state["_batch_constants"] = {}
+        state["_handover"] = None  # derived, and recomputed from the ring when asked
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -82,6 +85,8 @@ class MemoryState(nn.Module):
             self._add_derived_state()  # pickled by a protohead without the prototype cache
             self.resync()
         else:
+            self.__dict__.setdefault("_sums_stale", False)  # pickled before _ring_reduction
+            self.__dict__.setdefault("_handover", None)
             self._link_views()
 
     @torch.no_grad()
@@ -92,7 +97,13 @@ class MemoryState(nn.Module):
         ones = torch.ones_like(buckets).unsqueeze(1)
         self._class_counts.zero_().index_add_(0, buckets, ones)
         self._class_counts[self.num_classes] = 0  # the extra bucket's count is not kept
-        self._cache_valid = False
+        self._cache_valid = self._sums_stale = False
+        self._handover = None
+
+    def _fresh_sums(self) -> None:
+        """Rebuilds the float64 sums if a large-batch step left them stale."""
+        if self._sums_stale:
+            self.resync()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> MemoryState:
         # Module casts (.half(), .double(), .to(torch.bfloat16), a parent's .float()...) would
@@ -105,6 +116,7 @@ class MemoryState(nn.Module):
         super()._apply(keep_dtype, recurse)
         self._link_views()
         self._batch_constants.clear()  # they live on the old device
+        self._handover = None
         if self._fused_step is not None:
             self._fused_step.reset()
         return self

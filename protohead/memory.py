@@ -16,6 +16,7 @@ from protohead._memory_checks import (
     raise_invalid,
 )
 from protohead._memory_state import MemoryState
+from protohead._ring_reduction import REREDUCE_SHARE, rereduce, ring_prototypes
 from protohead._running_class_sums import (
     batch_constants,
     enqueue,
@@ -50,7 +51,13 @@ class PrototypeMemoryBank(MemoryState):
     features of any finite scale give unit rows. Float32 first: in raise mode on the CPU, a
     table of at least 32768 entries is normalised in float32 when every class sum's float32
     norm lies well inside float32's range (checked on the host), else in float64; the two
-    agree to float32 rounding. The sums are derived state: they are not saved in the
+    agree to float32 rounding. Large batches: in raise mode on the CPU, a batch of at least
+    ``size / 8`` rows would cost more in float64 deltas than summing the whole ring again, so
+    the update re-reduces the ring (as it will be after the write) in float32 instead, checks
+    the result as the float32-first path does (a non-finite feature fails the check, and is
+    then reported as usual) and only then writes; the prototypes then agree with the float64
+    sums to float32 summation error, and the float64 sums are rebuilt from the ring when a
+    smaller batch comes. The sums are derived state: they are not saved in the
     ``state_dict`` and are recomputed exactly from the ring after loading (or on
     :meth:`resync`). A ``"skip"``-mode update (below) dispatches a fixed sequence of ops,
     none of which waits for the device, so it can be captured in a CUDA graph after one
@@ -199,17 +206,28 @@ class PrototypeMemoryBank(MemoryState):
         many classes (more than 2 or 4 times the rows of the last update), :meth:`update`
         keeps a cache current by renormalising only the classes it touched, and a call
         costs one copy of the result; with few classes, a call normalises them all. Both
-        give the same rows.
+        give the same rows. After a large-batch update (class docstring) the first call
+        returns the table that the update computed, and later calls re-reduce the ring to
+        the same bits.
 
         Shapes: ``-> (num_classes, dim)`` float32, a new tensor on every call.
         """
         if self._fused_step is not None:
+            self._fresh_sums()
             protos: Tensor = self._fused_step.run(
                 "prototypes", self._class_sums, self._class_counts
             )
             return protos
+        if self._handover is not None:  # computed by the last update: no copy needed
+            protos, self._handover = self._handover, None
+            return protos
+        if self._sums_stale:
+            fresh = ring_prototypes(self.features, self.labels, self._class_counts, int(self.ptr))
+            if fresh is not None:
+                return fresh
         if self._cache_valid:
             return self._prototype_rows.clone()
+        self._fresh_sums()
         return normalise(self._sum_rows, self._count_rows, float32_first=self._float32_first())
 
     def _float32_first(self) -> bool:
@@ -282,15 +300,19 @@ class PrototypeMemoryBank(MemoryState):
         rows = features.shape[0]
         if rows == 0:
             return
+        self._handover = None
         # (A batch larger than the ring takes the eager path, which judges validity on the
         # rows it then drops too.)
         if self._fused_step is not None and rows <= self.size:
             self._update_fused(features, labels)
             return
 
+        raising = self._mode() == "raise"
+        if raising and self._rereduces(rows) and self._update_rereduced(features, labels):
+            return
+
         # Validity covers every gathered row, also those an oversized batch drops below: an
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
-        raising = self._mode() == "raise"
         consts, checked, new_deltas_ready = None, features, False
         if raising and rows <= self.size:
             # The sums need the new rows in float64 anyway: copied first, they give the check
@@ -319,6 +341,7 @@ class PrototypeMemoryBank(MemoryState):
             )
         if self._ring_units.data_ptr() != self.features.data_ptr():
             self._link_views()  # load_state_dict(assign=True) replaced the ring
+        self._fresh_sums()
         sums, counts = self._class_sums, self._class_counts
         ring = (self.features, self._ring_units, self.labels, self.ptr)
         buckets = enqueue(
@@ -338,9 +361,27 @@ class PrototypeMemoryBank(MemoryState):
             normalise(self._sum_rows, self._count_rows, self._prototype_rows, float32_first=fast)
             self._cache_valid = True
 
+    def _rereduces(self, rows: int) -> bool:
+        """Whether a raise-mode update of ``rows`` rows re-reduces the ring in float32."""
+        share = rows * REREDUCE_SHARE >= self.size and rows <= self.size
+        return share and self.features.is_cpu and not torch.compiler.is_compiling()
+
+    def _update_rereduced(self, features: Tensor, labels: Tensor) -> bool:
+        """The large-batch step (see ``_ring_reduction``); ``False`` if it wrote nothing
+        because float32 could not vouch for the result (then the float64 path judges)."""
+        self.check_labels(labels)
+        start = int(self.ptr)
+        table = rereduce(self.features, self.labels, self._class_counts, start, features, labels)
+        if table is None:
+            return False
+        self.ptr.fill_((start + features.shape[0]) % self.size)
+        self._sums_stale, self._cache_valid, self._handover = True, False, table
+        return True
+
     def _update_fused(self, features: Tensor, labels: Tensor) -> None:
         """The update through the fused step (see ``_fused_memory_step``)."""
         assert self._fused_step is not None
+        self._fresh_sums()
         offsets, count_signs = self._fused_step.constants(features.shape[0], features.device)
         raising = self._mode() == "raise"
         ring = (self.features, self.labels, self.ptr, self.num_skipped_updates)

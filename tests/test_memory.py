@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +11,11 @@ from hypothesis import strategies as st
 
 from protohead import PrototypeMemoryBank
 from protohead._running_class_sums import normalise
+
+
+def float64_path() -> contextlib.AbstractContextManager[object]:
+    """Raise-mode updates of any size take the float64 running sums (no large-batch step)."""
+    return mock.patch("protohead.memory.REREDUCE_SHARE", 0)
 
 
 def reference_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
@@ -28,7 +36,11 @@ def reference_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 # "raise" writes with slice copies (_write_checked), "skip" with the device-gated scatter
 # (_write_gated, the GPU default): both must hold exactly the same content.
-@pytest.mark.parametrize("on_invalid", ["raise", "skip"])
+# Raise mode runs batches of at least size / 8 rows through the large-batch step (float32
+# re-reduction, see _ring_reduction) unless float64_path() is on: both are checked.
+@pytest.mark.parametrize(
+    ("on_invalid", "path"), [("raise", "default"), ("raise", "float64"), ("skip", "default")]
+)
 @settings(max_examples=60, deadline=None)
 @given(
     size=st.integers(1, 12),
@@ -38,7 +50,7 @@ def reference_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     seed=st.integers(0, 2**16),
 )
 def test_memory_holds_newest_pairs_and_exact_prototypes(
-    on_invalid, size, num_classes, batch_sizes, init, seed
+    on_invalid, path, size, num_classes, batch_sizes, init, seed
 ):
     gen = torch.Generator().manual_seed(seed)
     dim = 3
@@ -50,7 +62,8 @@ def test_memory_holds_newest_pairs_and_exact_prototypes(
     for b in batch_sizes:
         f = torch.randn(b, dim, generator=gen)
         lab = torch.randint(0, num_classes, (b,), generator=gen)
-        bank.update(f, lab)
+        with float64_path() if path == "float64" else contextlib.nullcontext():
+            bank.update(f, lab)
         history_f.append(f)
         history_l.append(lab)
     all_f, all_l = torch.cat(history_f), torch.cat(history_l)
@@ -65,6 +78,7 @@ def test_memory_holds_newest_pairs_and_exact_prototypes(
     # An update writes at most `size` rows (the newest), so the pointer advances by that much.
     written = sum(min(b, size) for b in batch_sizes)
     assert int(bank.ptr) == written % size
+    bank._fresh_sums()  # rebuilt from the ring if a large-batch step left them stale
     torch.testing.assert_close(
         bank._class_sums[:num_classes],
         reference_sums(expect_f, expect_l, num_classes),
@@ -148,10 +162,11 @@ def test_state_dict_round_trip_restores_exactly():
 def test_running_sums_do_not_drift_over_many_updates():
     gen = torch.Generator().manual_seed(0)
     bank = PrototypeMemoryBank(16, 64, 4, generator=gen)
-    for _ in range(600):
-        bank.update(
-            torch.randn(32, 16, generator=gen) * 50, torch.randint(0, 4, (32,), generator=gen)
-        )
+    with float64_path():
+        for _ in range(600):
+            bank.update(
+                torch.randn(32, 16, generator=gen) * 50, torch.randint(0, 4, (32,), generator=gen)
+            )
     incremental = bank._class_sums.clone()
     bank.resync()
     assert (incremental - bank._class_sums).abs().max() < 1e-9
@@ -356,9 +371,10 @@ def test_renormalising_touched_classes_matches_renormalising_all(
         3, size, num_classes, init=init, on_invalid=on_invalid, generator=gen
     )
     for b in batch_sizes:
-        bank.update(
-            torch.randn(b, 3, generator=gen), torch.randint(0, num_classes, (b,), generator=gen)
-        )
+        with float64_path():  # small sizes would take the large-batch step
+            bank.update(
+                torch.randn(b, 3, generator=gen), torch.randint(0, num_classes, (b,), generator=gen)
+            )
         assert bank._cache_valid or not b
         got = bank.prototypes()
         assert torch.equal(got, full_renormalisation(bank))
@@ -370,10 +386,11 @@ def test_renormalising_touched_classes_matches_renormalising_all(
 
 def test_class_whose_last_entry_is_evicted_is_renormalised_to_zero():
     bank = PrototypeMemoryBank(2, 3, 40, init="empty")  # 40 classes, batches of 1: cached
-    for feature, label in (([1.0, 0.0], 5), ([0.0, 1.0], 6), ([1.0, 1.0], 7)):
-        bank.update(torch.tensor([feature]), torch.tensor([label]))
-    assert bank.prototypes()[5].tolist() == [1.0, 0.0]
-    bank.update(torch.tensor([[0.0, 2.0]]), torch.tensor([6]))  # overwrites the class-5 entry
+    with float64_path():
+        for feature, label in (([1.0, 0.0], 5), ([0.0, 1.0], 6), ([1.0, 1.0], 7)):
+            bank.update(torch.tensor([feature]), torch.tensor([label]))
+        assert bank.prototypes()[5].tolist() == [1.0, 0.0]
+        bank.update(torch.tensor([[0.0, 2.0]]), torch.tensor([6]))  # overwrites class 5's entry
     protos = bank.prototypes()
     assert bank._cache_valid
     assert protos[5].tolist() == [0.0, 0.0]
@@ -392,8 +409,9 @@ def test_skip_and_raise_modes_give_bit_identical_memories_and_close_prototypes()
             torch.randn(b, 4, generator=gen) * 10,
             torch.randint(0, 25, (b,), generator=gen),
         )
-        for bank in banks:
-            bank.update(feats, labels)
+        with float64_path():
+            for bank in banks:
+                bank.update(feats, labels)
     raised, skipped = banks
     for key, value in raised.state_dict().items():
         assert torch.equal(skipped.state_dict()[key], value), key
@@ -443,7 +461,10 @@ def test_cached_and_full_renormalisation_agree_bit_for_bit_on_a_big_table(on_inv
     feats, labels = bank.entries()
     reference = reference_prototypes(feats, labels, 8192)
     torch.testing.assert_close(cached, reference, atol=1e-6, rtol=0)
-    bank.update(torch.randn(4096, 4, generator=gen), torch.randint(0, 40, (4096,), generator=gen))
+    with float64_path():  # (else raise mode takes the large-batch step)
+        bank.update(
+            torch.randn(4096, 4, generator=gen), torch.randint(0, 40, (4096,), generator=gen)
+        )
     assert not bank._cache_valid
     feats, labels = bank.entries()
     reference = reference_prototypes(feats, labels, 8192)

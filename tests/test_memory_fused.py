@@ -74,6 +74,7 @@ def test_fused_step_keeps_the_eager_state(mode):
         assert got[1][1] == got[0][1]  # the same error, or none
     for key, value in eager.state_dict().items():
         assert torch.equal(fused.state_dict()[key], value), key
+    eager._fresh_sums()  # a large raise-mode batch leaves them to be rebuilt from the ring
     torch.testing.assert_close(fused._class_sums[:7], eager._class_sums[:7], rtol=0, atol=1e-12)
     assert torch.equal(fused.class_counts, eager.class_counts)
     assert int(fused.num_skipped_updates) == (2 if mode == "skip" else 0)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from protohead import _validation as check
 
@@ -129,18 +129,16 @@ class EMATeacher(nn.Module):
                 match the teacher's in number, shape or dtype (the teacher is left untouched).
         """
         momentum = self.current_momentum()
-        teacher_params: list[torch.Tensor] = list(self.module.parameters())
-        student_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
-        _check_same_structure("parameters", teacher_params, student_params)
+        teacher_params, teacher_bufs = _tensors(self.module, self.copy_buffers)
+        student_params, student_bufs = _tensors(student, self.copy_buffers)
         # Every check runs before the first write, so a raising update leaves the teacher
         # exactly as it was.
-        if self.copy_buffers:
-            teacher_bufs: list[torch.Tensor] = list(self.module.buffers())
-            student_bufs: list[torch.Tensor] = list(student.buffers())
-            _check_same_structure("buffers", teacher_bufs, student_bufs)
+        _check_same_structure("parameters", teacher_params, student_params)
+        _check_same_structure("buffers", teacher_bufs, student_bufs)
+        # (No detach needed: under no_grad the lerp records nothing.)
         if momentum < 1.0:
             torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
-        if self.copy_buffers:
+        if teacher_bufs:
             torch._foreach_copy_(teacher_bufs, student_bufs)
         self.num_updates += 1
 
@@ -160,14 +158,50 @@ class EMATeacher(nn.Module):
         return f"momentum={self.momentum}, num_updates={self.num_updates}"
 
 
-def _check_same_structure(
-    kind: str, teacher: list[torch.Tensor], student: list[torch.Tensor]
-) -> None:
+def _tensors(module: nn.Module, buffers: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """``module``'s parameters and (if asked) buffers as ``parameters()`` and ``buffers()``
+    list them (pre-order, each module and each tensor once), in one walk instead of two.
+    The walk is most of an update's Python overhead, and ``modules()`` builds a name for
+    every submodule: this one takes about a fifth of the two calls on a ResNet-50."""
+    params: list[Tensor] = []
+    bufs: list[Tensor] = []
+    seen: set[nn.Module] = set()
+
+    def visit(sub: nn.Module) -> None:
+        seen.add(sub)
+        for param in sub._parameters.values():
+            if param is not None:
+                params.append(param)
+        if buffers:
+            for buf in sub._buffers.values():
+                if buf is not None:
+                    bufs.append(buf)
+        for child in sub._modules.values():
+            if child is not None and child not in seen:
+                visit(child)
+
+    try:
+        visit(module)
+    except RecursionError:  # nested deeper than Python's recursion limit: the slow walk
+        return list(module.parameters()), list(module.buffers()) if buffers else []
+    return _once(params), _once(bufs)
+
+
+def _once(tensors: list[Tensor]) -> list[Tensor]:
+    """Shared tensors (tied weights) listed once, where they first appear."""
+    return tensors if len(set(tensors)) == len(tensors) else list(dict.fromkeys(tensors))
+
+
+def _check_same_structure(kind: str, teacher: list[Tensor], student: list[Tensor]) -> None:
     if len(teacher) != len(student):
         raise ValueError(
             f"student must have the teacher's {kind}: expected {len(teacher)} tensors, "
             f"got {len(student)}"
         )
+    # Whole-list comparisons run in C; the loop below only words an error.
+    same_shapes = [t.shape for t in teacher] == [s.shape for s in student]
+    if same_shapes and [t.dtype for t in teacher] == [s.dtype for s in student]:
+        return
     for i, (t, s) in enumerate(zip(teacher, student, strict=True)):
         if t.shape != s.shape or t.dtype != s.dtype:
             raise ValueError(

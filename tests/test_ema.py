@@ -192,3 +192,57 @@ def test_non_callable_momentum_schedule_is_rejected_at_construction(schedule):
         TypeError, match=f"momentum_schedule must be a callable .* got {type(schedule).__name__}"
     ):
         EMATeacher(make_student(), momentum_schedule=schedule)  # type: ignore[arg-type]
+
+
+def test_shape_or_dtype_mismatch_names_the_tensor_and_leaves_the_teacher_untouched():
+    teacher = EMATeacher(make_student(), momentum=0.5)
+    before = [p.clone() for p in teacher.module.parameters()]
+    wider = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"parameters\[4\] must have shape \(2, 8\) .* \(3, 8\)"):
+        teacher.update(wider)
+    with pytest.raises(
+        ValueError, match=r"parameters\[0\] .* dtype torch.float32, got \(8, 4\) and torch.float64"
+    ):
+        teacher.update(make_student().double())
+    for a, b in zip(teacher.module.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+
+
+class _Tied(nn.Module):
+    """A tied weight (listed once by parameters()) and a module reached twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 3, bias=False)
+        self.head = nn.Linear(3, 3, bias=False)
+        self.head.weight = self.embed.weight
+        self.norm = nn.BatchNorm1d(3)
+        self.again = nn.Sequential(self.norm, nn.Linear(3, 2))
+
+
+def _nested(depth: int) -> nn.Module:
+    module: nn.Module = nn.Linear(2, 2)
+    for _ in range(depth):
+        module = nn.Sequential(module)
+    return module
+
+
+@pytest.mark.parametrize("make", [_Tied, lambda: _nested(40)], ids=["tied", "nested"])
+def test_update_walks_tensors_as_parameters_and_buffers_list_them(make):
+    # The update collects tensors in one walk of its own: it must list what parameters() and
+    # buffers() list, in their order, shared tensors once (a tied weight lerped twice would
+    # move by 1 - 0.75**2).
+    torch.manual_seed(0)
+    student = make()
+    teacher = EMATeacher(student, momentum=0.75, copy_buffers=True)
+    start = [p.detach().clone() for p in student.parameters()]
+    perturb(student, 1)
+    with torch.no_grad():
+        for buf in student.buffers():
+            buf.add_(1)
+    teacher.update(student)
+    moved = zip(teacher.module.parameters(), start, student.parameters(), strict=True)
+    for t, t0, s in moved:
+        torch.testing.assert_close(t, 0.75 * t0 + 0.25 * s)
+    for t, s in zip(teacher.module.buffers(), student.buffers(), strict=True):
+        assert torch.equal(t, s)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from protohead.augment._color import col
 from protohead.augment.kernels import (
     blend_,
     blur_separable,
     blur_taps,
-    col,
     color_jitter_,
     crop_resize,
     hue_rotate,

@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+# The jitter strategies are re-exported (``as``): tests compare them through this module.
+from protohead.augment._color import _compare, blend_, col, hue_rotate, luma
+from protohead.augment._color import _jitter_grouped_ as _jitter_grouped_
+from protohead.augment._color import _jitter_slots_ as _jitter_slots_
 from protohead.augment._separable_filters import crop_resize_separable, gaussian_blur_bags
 
 __all__ = [
@@ -47,145 +51,11 @@ __all__ = [
 SOLARIZE_THRESHOLD = 128 / 255
 # Downscale factor from which resampling averages several bilinear samples per pixel.
 ANTIALIAS_FROM = 1.5
-# ITU-R 601-2 luma weights, exactly as torchvision's rgb_to_grayscale (bit-identical result).
-_LUMA = (0.2989, 0.587, 0.114)
-# HSV -> RGB: channel = v - c * clamp(2 - circular distance(6h, centre), 0, 1) on a circle of 6,
-# the same piecewise-linear function as torchvision's sector table (r, g, b centres 3, 5, 1).
-_HUE_CENTRES = (3.0, 5.0, 1.0)  # = (2 * i + 3) % 6 for i = 0, 1, 2
 
 
 def compacts(device: torch.device) -> bool:
     """Whether kernels may use data-dependent shapes on ``device`` (the CPU only)."""
     return device.type == "cpu"
-
-
-def col(v: Tensor) -> Tensor:
-    """``(n,) -> (n, 1, 1, 1)`` so a per-sample value broadcasts over an image batch."""
-    return v.reshape(-1, 1, 1, 1)
-
-
-def luma(x: Tensor) -> Tensor:
-    """``(n, 3, h, w) -> (n, 1, h, w)`` grey level, bit-identical to torchvision's."""
-    r, g, b = x.unbind(1)
-    return r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
-
-
-def blend_(x: Tensor, scale: Tensor, gray_weight: Tensor, mean_weight: Tensor | None) -> Tensor:
-    """In place ``x <- clamp(scale * x + gray_weight * gray(x) + mean_weight * mean(gray(x)))``.
-
-    Brightness ``(f, 0, 0)``, contrast ``(f, 0, 1 - f)``, saturation ``(f, 1 - f, 0)`` and
-    grayscale ``(0, 1, 0)`` are all this blend with per-sample weights ``(n,)``, as
-    torchvision's ``_blend``; identity is ``(1, 0, 0)``.
-    """
-    gray = luma(x)
-    if mean_weight is not None:
-        offset = gray.mean(dim=(2, 3), keepdim=True).mul_(col(mean_weight))
-        gray.mul_(col(gray_weight)).add_(offset)
-    else:
-        gray.mul_(col(gray_weight))
-    torch.addcmul(gray, x, col(scale), out=x)
-    return x.clamp_(0.0, 1.0)
-
-
-def _hue_centres(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(1, 3, 1, 1)`` tensor of ``_HUE_CENTRES``, built on the device: a host tensor would
-    cost a copy per call, and a cache would hide a constant from ``torch.compile``."""
-    centres = torch.arange(3, dtype=dtype, device=device).mul_(2.0).add_(3.0).remainder_(6.0)
-    return centres.view(1, 3, 1, 1)
-
-
-def hue_rotate(x: Tensor, factor: Tensor, out: Tensor | None = None) -> Tensor:
-    """HSV hue rotation by ``factor`` (n,) turns, as torchvision's ``adjust_hue``.
-
-    Writes into ``out`` (which may be ``x`` itself) or a new tensor.
-    """
-    r, g, b = x.unbind(1)
-    value = x.amax(dim=1)
-    chroma = x.amin(dim=1).neg_().add_(value)
-    # Hue in sixths times chroma; r, then g, wins ties for the maximum, as in torchvision.
-    is_r = (r == value).to(x.dtype)
-    not_r = 1.0 - is_r
-    is_g = (g == value).to(x.dtype).mul_(not_r)
-    h6 = (g - b).mul_(is_r)
-    h6.addcmul_((b - r).add_(chroma, alpha=2.0), is_g)
-    h6.addcmul_((r - g).add_(chroma, alpha=4.0), not_r.sub_(is_g))  # is_b
-    # Grey pixels have h6 == 0 exactly, so a tiny divisor gives hue 0 like torchvision.
-    h6.div_(chroma.clamp_min(1e-12)).add_(factor.view(-1, 1, 1), alpha=6.0)
-    h6.sub_(h6.mul(1.0 / 6.0).floor_(), alpha=6.0)  # mod 6
-    centres = _hue_centres(x.dtype, x.device)
-    # clamp(2 - circular distance, 0, 1) == clamp(|d - 3| - 1, 0, 1) for d = |h6 - centre| < 6.
-    weight = (h6.unsqueeze(1) - centres).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
-    return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1.0, out=out)
-
-
-def _jitter_op_(x: Tensor, op: int, f: Tensor) -> Tensor:
-    """Op ``op`` (0 brightness, 1 contrast, 2 saturation, 3 hue) with factors ``(n,)``."""
-    if op == 0:
-        return x.mul_(col(f)).clamp_(0.0, 1.0)
-    if op == 1:
-        return blend_(x, f, torch.zeros_like(f), 1.0 - f)
-    if op == 2:
-        return blend_(x, f, 1.0 - f, None)
-    return hue_rotate(x, f, out=x)  # reads only values derived from x before writing
-
-
-def _jitter_grouped_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, hue: bool) -> Tensor:
-    """CPU jitter: at each position, sort samples by op and run each op on its slice only."""
-    n = x.shape[0]
-    holder = torch.arange(n, device=x.device)  # x[i] currently holds sample holder[i]
-    spare = torch.empty_like(x)  # ping-pong buffer: fresh allocations are slow on CPU
-    codes = torch.where(apply[:, None], order, 4)  # 4: not jittered
-    for position in range(4):
-        op_here = codes[holder, position]
-        by_op = torch.argsort(op_here, stable=True)
-        x, spare = torch.index_select(x, 0, by_op, out=spare), x
-        holder = holder[by_op]
-        start = 0
-        for op, count in enumerate(torch.bincount(op_here, minlength=5)[:4].tolist()):
-            if count and (op < 3 or hue):
-                _jitter_op_(
-                    x[start : start + count], op, factors[holder[start : start + count], op]
-                )
-            start += count
-    return torch.index_select(x, 0, torch.argsort(holder), out=spare)
-
-
-def _jitter_slots_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, hue: bool) -> Tensor:
-    """Mask-free jitter for accelerators: fixed blend slots around one hue pass.
-
-    A sample with hue at position ``p`` of its order runs its ``p`` earlier ops in the 3 blend
-    slots before the hue pass and its ``3 - p`` later ops in the 3 slots after it (identity
-    elsewhere), so every order costs 6 blends and 1 hue pass. Without hue, 4 slots.
-    """
-    n = x.shape[0]
-    # Identity factors (1, 1, 1, 0) built on the device: a host tensor would cost a copy + sync.
-    unchanged = torch.ones_like(factors[:1])
-    unchanged[:, 3] = 0.0
-    f = torch.where(apply[:, None], factors, unchanged)
-    zero = torch.zeros_like(f[:, 0])
-    # (n, op, (scale, gray_weight, mean_weight)) for op 0 brightness, 1 contrast, 2 saturation.
-    coef = torch.stack(
-        [
-            torch.stack([f[:, 0], zero, zero], 1),
-            torch.stack([f[:, 1], zero, 1.0 - f[:, 1]], 1),
-            torch.stack([f[:, 2], 1.0 - f[:, 2], zero], 1),
-        ],
-        1,
-    )
-    identity = torch.zeros_like(coef[:, 0])
-    identity[:, 0] = 1.0
-    hue_pos = (order == 3).to(torch.int64).argmax(dim=1)
-    shifts = [-3, -2, -1, 1, 2, 3] if hue else [0, 1, 2, 3]
-    for s, shift in enumerate(shifts):
-        pos = hue_pos + shift if hue else torch.full_like(hue_pos, shift)
-        op = order.gather(1, pos.clamp(0, 3)[:, None]).squeeze(1)
-        picked = coef.gather(1, op.clamp(max=2)[:, None, None].expand(n, 1, 3)).squeeze(1)
-        # Out-of-range slots and hue's own position (no-hue schedule) are identity.
-        c = torch.where(((pos >= 0) & (pos <= 3) & (op < 3))[:, None], picked, identity)
-        blend_(x, c[:, 0], c[:, 1], c[:, 2])
-        if hue and s == 2:
-            x = hue_rotate(x, f[:, 3])
-    return x
 
 
 def color_jitter_(
@@ -291,7 +161,7 @@ def solarize_some(x: Tensor, mask: Tensor, threshold: float) -> Tensor:
     """Inverts pixels ``>= threshold`` of the samples where ``mask``; may return a new tensor."""
 
     def every(y: Tensor) -> Tensor:  # in place: fewer image-sized temporaries than where()
-        return y.addcmul_((y >= threshold).to(y.dtype), 1.0 - 2.0 * y)
+        return y.addcmul_(_compare(torch.ge, y, threshold), 1.0 - 2.0 * y)
 
     def masked(y: Tensor, m: Tensor) -> Tensor:
         return torch.where((y >= threshold) & m, 1.0 - y, y)

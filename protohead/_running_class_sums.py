@@ -118,7 +118,9 @@ def enqueue(
     batch is known to be valid (checked on the host), which saves the gating; then
     ``start``, the pointer's value if the host read it, lets a batch that does not wrap
     around the ring be read and written as contiguous slices. ``new_deltas_ready`` says that
-    ``consts.new_deltas`` already holds ``features`` in float64 (copied for the check).
+    ``consts.new_deltas`` already holds ``features`` in float64 (copied for the check); with
+    a ``valid`` gate they need no gating, since a skipped batch's buckets are all the extra
+    one (whose sum is scratch and may then hold NaN or inf).
 
     Shapes: ``features (b, dim)`` float32, ``labels (b,)`` int64 with ``b <= ring rows``;
     ``ring_units`` is ``row_units(ring)`` ``-> (2b,)`` int64, the buckets (rows of ``sums``)

@@ -314,9 +314,10 @@ class PrototypeMemoryBank(MemoryState):
         # Validity covers every gathered row, also those an oversized batch drops below: an
         # invalid batch is rejected (or skipped) as a whole, whatever its size.
         consts, checked, new_deltas_ready = None, features, False
-        if raising and rows <= self.size:
+        if rows <= self.size:
             # The sums need the new rows in float64 anyway: copied first, they give the check
-            # its float64 sum without converting the batch a second time.
+            # its float64 sum without converting the batch a second time. (Skip mode adds
+            # them ungated: a skipped batch's sum updates go to the scratch bucket.)
             consts = batch_constants(
                 self._batch_constants, rows, self.dim, self.num_classes, device
             )

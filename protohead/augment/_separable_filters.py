@@ -24,11 +24,21 @@ sums as the shift-and-add form at a fraction of its memory traffic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crop_resize_separable", "gaussian_blur_bags", "rows_filter"]
+__all__ = [
+    "CropTaps",
+    "crop_resize_separable",
+    "crop_taps",
+    "gaussian_blur_bags",
+    "render_crops",
+    "rows_filter",
+]
 
 
 def rows_filter(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
@@ -57,11 +67,12 @@ def _reflect(i: Tensor, n: int) -> Tensor:
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
-def gaussian_blur_bags(x: Tensor, weights: Tensor) -> Tensor:
-    """Separable blur with per-sample taps ``(n, k)`` and reflect padding (as torchvision).
+def gaussian_blur_bags(x: Tensor, weights: Tensor, samples: Tensor | None = None) -> Tensor:
+    """Separable blur with per-sample taps ``(m, k)`` and reflect padding (as torchvision).
 
-    Shapes: ``(n, c, h, w), (n, k) -> (n, c, h, w)`` (a transposed view); ``k`` odd and
-    ``< 2 * min(h, w)``.
+    Shapes: ``(n, c, h, w), (m, k) -> (m, c, h, w)`` (a transposed view); ``k`` odd and
+    ``< 2 * min(h, w)``. ``samples`` ``(m,)`` int picks the samples to blur (``None``: all,
+    ``m = n``): the first pass reads their rows straight from ``x``, with no gathered copy.
 
     Example:
         >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1.0
@@ -70,18 +81,19 @@ def gaussian_blur_bags(x: Tensor, weights: Tensor) -> Tensor:
         tensor([0.1250, 0.2500, 0.1250])
     """
     n, c, h, w = x.shape
-    k = weights.shape[1]
+    m, k = weights.shape
     offsets = torch.arange(k) - k // 2
-    taps = weights.repeat_interleave(c, dim=0)[:, None, :]  # (n * c, 1, k)
-    planes = torch.arange(n * c)[:, None, None]
+    taps = weights.repeat_interleave(c, dim=0)[:, None, :]  # (m * c, 1, k)
+    planes = torch.arange(m * c)[:, None, None]
+    sources = planes if samples is None else (samples[:, None] * c + torch.arange(c))[..., None]
 
-    def bags(length: int) -> tuple[Tensor, Tensor]:
+    def bags(length: int, planes: Tensor) -> tuple[Tensor, Tensor]:
         source = _reflect(torch.arange(length)[:, None] + offsets, length)  # (length, k)
-        index = (planes * length + source).view(-1, k)
+        index = (planes.reshape(-1, 1, 1) * length + source).view(-1, k)
         return index, taps.expand(-1, length, -1).reshape(-1, k)
 
-    rows = rows_filter(x.reshape(n * c * h, w), *bags(h)).view(n * c, h, w)
-    return _transposed_filter(rows, *bags(w)).view(n, c, h, w)
+    rows = rows_filter(x.reshape(n * c * h, w), *bags(h, sources)).view(m * c, h, w)
+    return _transposed_filter(rows, *bags(w, planes)).view(m, c, h, w)
 
 
 def _axis_taps(
@@ -93,7 +105,8 @@ def _axis_taps(
     its image (taps past it read the last valid row, as roi_align's clamp at the border) and
     ``grid`` the number of samples per output pixel, all in the working float dtype.
     Positions follow roi_align's arithmetic, in its order and precision, so sample positions
-    agree with it to the last bit or so.
+    agree with it to the last bit or so. Source indices come back as (exact) floats, so the
+    caller's window arithmetic runs on 4-byte values before one conversion to integers.
     """
     dtype = start.dtype
     first = start - 0.5  # aligned=True: pixel centres at +0.5
@@ -114,8 +127,125 @@ def _axis_taps(
     # Grid slots past a box's own grid size carry no weight (padding to the largest grid).
     share = (i < grid3).to(dtype) / grid3
     weights = torch.stack([(1.0 - frac) * share, frac * share], dim=-1).flatten(2)
-    index = torch.stack([low, high], dim=-1).flatten(2).to(torch.int64)
-    return index, weights
+    return torch.stack([low, high], dim=-1).flatten(2), weights
+
+
+class CropTaps(NamedTuple):
+    """Separable taps of ``n`` boxes (:func:`crop_taps`), rendered by :func:`render_crops`.
+
+    Each box reads the window ``image, y0:y1, x0:x1`` (``bounds[i]``) as a ``(c * rows, width)``
+    table. Its row pass is ``c * s_h`` bags of ``t_h`` taps (``rows[i]``, flattened, bags
+    starting at ``row_offsets``), its column pass ``c * s_w`` bags of ``t_w`` taps over the
+    transposed rows: the flat form ``embedding_bag`` takes, so a render makes no index tensors.
+    """
+
+    bounds: list[list[int]]  # (n, 5): image, y0, y1, x0, x1
+    rows: Tensor  # (n, c * s_h * t_h) int64
+    row_weights: Tensor  # (n, c * s_h * t_h), 1/255 folded in for uint8 sources
+    row_offsets: Tensor  # (c * s_h,) int64
+    cols: Tensor  # (n, c * s_w * t_w) int64
+    col_weights: Tensor  # (n, c * s_w * t_w)
+    col_offsets: Tensor  # (c * s_w,) int64
+    size: tuple[int, int]
+
+
+def _window_bags(taps: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Window-relative bags of float taps ``(n, s, t)`` for ``channels`` stacked planes.
+
+    Returns the flat int64 indices ``(n, channels * s * t)`` (channel ``ch`` of a window is rows
+    ``[ch * extent, (ch + 1) * extent)`` of its table) and the window's start and stop ``(n,)``.
+    """
+    n = taps.shape[0]
+    # Positions grow along both output pixels and grid slots (rounding is monotonic), so the
+    # first low tap and the last high tap bound the window.
+    lo, hi = taps[:, 0, 0], taps[:, -1, -1] + 1.0
+    # float32 is exact here (indices < 2**24) and half the bytes of int64 in the broadcast add.
+    plane = (
+        torch.arange(channels, dtype=taps.dtype)[None, :, None, None]
+        * (hi - lo)[:, None, None, None]
+    )
+    index = (taps - lo[:, None, None])[:, None] + plane
+    return index.view(n, -1).to(torch.int32), lo, hi
+
+
+def crop_taps(
+    images: Tensor, index: Tensor, boxes: Tensor, size: tuple[int, int], valid: Tensor | None = None
+) -> CropTaps:
+    """Taps of box ``i`` of image ``index[i]`` (see :func:`crop_resize_separable`).
+
+    Only the images' shape and dtype are read, so one call can serve several renders (e.g. all
+    the chunks of a batch: elementwise arithmetic, so the taps do not depend on the grouping).
+    """
+    work = torch.float32 if not images.is_floating_point() else images.dtype
+    c, (sh, sw) = images.shape[1], size
+    top, left, height, width = boxes.to(work).unbind(1)
+    if valid is None:
+        valid = torch.tensor([images.shape[2:]], dtype=torch.int64).expand(images.shape[0], 2)
+    limits = valid[index]
+    # roi_align's rule (ANTIALIAS_FROM): one sample per pixel below 1.5x, else ceil(bin).
+    plain = torch.maximum(height / sh, width / sw) < 1.5
+    grid_h = torch.where(plain, 1.0, torch.ceil((top + height - 0.5 - (top - 0.5)) / sh))
+    grid_w = torch.where(plain, 1.0, torch.ceil((left + width - 0.5 - (left - 0.5)) / sw))
+    rows, row_w = _axis_taps(top, height, sh, limits[:, 0], grid_h)
+    cols, col_w = _axis_taps(left, width, sw, limits[:, 1], grid_w)
+    if not images.is_floating_point():
+        row_w = row_w / 255.0  # as torchvision's to_dtype(scale=True), folded into the taps
+    row_index, r0, r1 = _window_bags(rows, c)
+    col_index, c0, c1 = _window_bags(cols, c)
+    # Every channel's rows are their own bags, with the same weights.
+    th, tw = row_w.shape[2], col_w.shape[2]
+    bounds = torch.stack([index.to(work), r0, r1, c0, c1], 1).to(torch.int64).tolist()
+    return CropTaps(
+        bounds,
+        row_index,
+        row_w[:, None].expand(-1, c, -1, -1).reshape(len(bounds), -1),
+        torch.arange(0, c * sh * th, th, dtype=torch.int32),
+        col_index,
+        col_w[:, None].expand(-1, c, -1, -1).reshape(len(bounds), -1),
+        torch.arange(0, c * sw * tw, tw, dtype=torch.int32),
+        (sh, sw),
+    )
+
+
+def render_crops(images: Tensor, taps: CropTaps, boxes: Sequence[int] | None = None) -> Tensor:
+    """The crops of ``taps``' boxes numbered ``boxes`` (all: ``None``), in that order.
+
+    Shapes: images ``(b, c, h, w)`` as given to :func:`crop_taps` -> ``(m, c, s_h, s_w)``.
+    """
+    work = torch.float32 if not images.is_floating_point() else images.dtype
+    c, (sh, sw) = images.shape[1], taps.size
+    ids = range(len(taps.bounds)) if boxes is None else boxes
+    out = torch.empty((len(ids), c, sh, sw), dtype=work)
+    # Windows and transposed rows go to buffers reused by every crop: they stay in cache, where a
+    # fresh (large) allocation per crop costs page faults and cold writes.
+    spans = [
+        (taps.bounds[i][2] - taps.bounds[i][1], taps.bounds[i][4] - taps.bounds[i][3]) for i in ids
+    ]
+    window_buf = torch.empty(c * max((h * w for h, w in spans), default=0), dtype=work)
+    table_buf = torch.empty(c * sh * max((w for _, w in spans), default=0), dtype=work)
+    for k, i in enumerate(ids):
+        img, y0, y1, x0, x1 = taps.bounds[i]
+        h, w = y1 - y0, x1 - x0
+        window = window_buf[: c * h * w].view(c, h, w)
+        window.copy_(images[img, :, y0:y1, x0:x1])
+        # Rows: (c * s_h) weighted sums of window rows -> (c, s_h, box w); then the columns
+        # of the transposed result -> (c, s_w, s_h), transposed while written out.
+        tall = torch.embedding_bag(
+            window.view(c * h, w),
+            taps.rows[i],
+            taps.row_offsets,
+            per_sample_weights=taps.row_weights[i],
+        )[0]
+        table = table_buf[: c * w * sh].view(c, w, sh)
+        table.copy_(tall.view(c, sh, w).transpose(1, 2))
+        wide = torch.embedding_bag(
+            table.view(c * w, sh),
+            taps.cols[i],
+            taps.col_offsets,
+            per_sample_weights=taps.col_weights[i],
+        )[0]
+        out[k].copy_(wide.view(c, sw, sh).transpose(1, 2))
+    return out
 
 
 def crop_resize_separable(
@@ -142,38 +272,7 @@ def crop_resize_separable(
         tensor([[[[2., 3.],
                   [6., 7.]]]])
     """
-    work = torch.float32 if not images.is_floating_point() else images.dtype
-    n, c = boxes.shape[0], images.shape[1]
-    sh, sw = size
-    out = torch.empty((n, c, sh, sw), dtype=work)
-    if n == 0:
-        return out
-    top, left, height, width = boxes.to(work).unbind(1)
-    if valid is None:
-        valid = torch.tensor([images.shape[2:]], dtype=torch.int64).expand(images.shape[0], 2)
-    limits = valid[index]
-    # roi_align's rule (ANTIALIAS_FROM): one sample per pixel below 1.5x, else ceil(bin).
-    plain = torch.maximum(height / sh, width / sw) < 1.5
-    grid_h = torch.where(plain, 1.0, torch.ceil((top + height - 0.5 - (top - 0.5)) / sh))
-    grid_w = torch.where(plain, 1.0, torch.ceil((left + width - 0.5 - (left - 0.5)) / sw))
-    rows, row_w = _axis_taps(top, height, sh, limits[:, 0], grid_h)
-    cols, col_w = _axis_taps(left, width, sw, limits[:, 1], grid_w)
-    if not images.is_floating_point():
-        row_w = row_w / 255.0  # as torchvision's to_dtype(scale=True), folded into the taps
-    r0, r1 = rows.flatten(1).amin(1), rows.flatten(1).amax(1) + 1
-    c0, c1 = cols.flatten(1).amin(1), cols.flatten(1).amax(1) + 1
-    # Channel ch of a window is rows [ch * extent, (ch + 1) * extent) of its 2-d table.
-    channel = torch.arange(c)[None, :, None, None]
-    rows = (rows - r0[:, None, None])[:, None] + channel * (r1 - r0)[:, None, None, None]
-    cols = (cols - c0[:, None, None])[:, None] + channel * (c1 - c0)[:, None, None, None]
-    # One (c * size, taps) bag matrix per crop: each channel's rows are their own bags.
-    row_index, col_index = rows.flatten(1, 2), cols.flatten(1, 2)
-    row_w = row_w[:, None].expand(-1, c, -1, -1).flatten(1, 2).contiguous()
-    col_w = col_w[:, None].expand(-1, c, -1, -1).flatten(1, 2).contiguous()
-    bounds = torch.stack([index.to(torch.int64), r0, r1, c0, c1], 1).tolist()
-    for k, (img, y0, y1, x0, x1) in enumerate(bounds):
-        window = images[img, :, y0:y1, x0:x1].to(work).contiguous()
-        # Rows: (c * s_h) weighted sums of window rows -> (c, s_h, box w); then the columns.
-        tall = rows_filter(window.view(c * (y1 - y0), x1 - x0), row_index[k], row_w[k])
-        out[k].copy_(_transposed_filter(tall.view(c, sh, x1 - x0), col_index[k], col_w[k]))
-    return out
+    if boxes.shape[0] == 0:
+        work = torch.float32 if not images.is_floating_point() else images.dtype
+        return torch.empty((0, images.shape[1], *size), dtype=work)
+    return render_crops(images, crop_taps(images, index, boxes, size, valid))

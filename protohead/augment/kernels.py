@@ -179,8 +179,11 @@ def blur_some(x: Tensor, taps: Tensor, mask: Tensor, shift: bool | None = None) 
     index = _selected(mask)
     if index is None:
         return blur_separable(x, taps, shift)
-    if index.numel() > 0:
-        x.index_copy_(0, index, blur_separable(x.index_select(0, index), taps[index]))
+    if index.numel() > 0 and shift is None:
+        # The CPU blur reads the chosen samples' rows in place (no gathered copy).
+        x.index_copy_(0, index, gaussian_blur_bags(x, taps[index], index))
+    elif index.numel() > 0:
+        x.index_copy_(0, index, blur_separable(x.index_select(0, index), taps[index], shift))
     return x
 
 

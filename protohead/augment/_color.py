@@ -78,19 +78,22 @@ def hue_rotate(x: Tensor, factor: Tensor, out: Tensor | None = None) -> Tensor:
     low = torch.minimum(r, g)
     chroma = torch.sub(value, torch.minimum(low, b, out=low), out=low)
     # Hue in sixths times chroma; r, then g, wins ties for the maximum, as in torchvision.
+    # Temporaries are recycled with out=: fewer distinct planes stay in cache.
     is_r = _compare(torch.eq, r, value)
     not_r = _compare(torch.ne, r, value)
     is_g = _compare(torch.eq, g, value).mul_(not_r)
     h6 = (g - b).mul_(is_r)
-    h6.addcmul_((b - r).add_(chroma, alpha=2.0), is_g)
-    h6.addcmul_((r - g).add_(chroma, alpha=4.0), not_r.sub_(is_g))  # is_b
+    h6.addcmul_(torch.sub(b, r, out=is_r).add_(chroma, alpha=2.0), is_g)
+    h6.addcmul_(torch.sub(r, g, out=is_r).add_(chroma, alpha=4.0), not_r.sub_(is_g))  # is_b
     # Grey pixels have h6 == 0 exactly, so a tiny divisor gives hue 0 like torchvision.
-    h6.div_(chroma.clamp_min(1e-12)).add_(factor.view(-1, 1, 1), alpha=6.0)
-    h6.sub_(h6.mul(1.0 / 6.0).floor_(), alpha=6.0)  # mod 6
+    h6.div_(torch.clamp_min(chroma, 1e-12, out=is_r)).add_(factor.view(-1, 1, 1), alpha=6.0)
+    h6.sub_(torch.mul(h6, 1.0 / 6.0, out=is_r).floor_(), alpha=6.0)  # mod 6
     centres = _hue_centres(x.dtype, x.device)
     # clamp(2 - circular distance, 0, 1) == clamp(|d - 3| - 1, 0, 1) for d = |h6 - centre| < 6.
-    weight = (h6.unsqueeze(1) - centres).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
-    return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1.0, out=out)
+    # The weights go straight to out (x is no longer read): one image-sized buffer less in cache.
+    weight = torch.sub(h6.unsqueeze(1), centres, out=out)
+    weight.abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), weight, value=-1.0, out=weight)
 
 
 def _contrast_offsets(
@@ -140,6 +143,15 @@ def _blend_slices_(
         torch.addcmul(gray, y[a:b], col(scale[a:b]), out=y[a:b]).clamp_(0.0, 1.0)
 
 
+def hue_positions(order: Tensor, apply: Tensor) -> Tensor:
+    """``(n, 4), (n,) -> (n,)`` int64: where hue sits in each order, 4 where not jittered.
+
+    :func:`_jitter_grouped_` works on the samples stably sorted by this key; inputs already in
+    that order are jittered in place, without a gather and a scatter.
+    """
+    return torch.where(apply, (order == 3).to(torch.int64).argmax(dim=1), 4)
+
+
 def _jitter_grouped_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, hue: bool) -> Tensor:
     """CPU jitter: one reorder by hue position, then per position one hue slice and two blends.
 
@@ -150,15 +162,17 @@ def _jitter_grouped_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, h
     :func:`blend_` with per-sample weights, so they are the slices before and after it. That
     is one gather and one scatter instead of a full reorder per position.
     """
-    hue_at = torch.where(apply, (order == 3).to(torch.int64).argmax(dim=1), 4)  # 4: no jitter
+    hue_at = hue_positions(order, apply)
     counts = torch.bincount(hue_at, minlength=5).tolist()
     bounds = [0]
     for count in counts[:4]:
         bounds.append(bounds[-1] + count)  # hue at position p: samples bounds[p]:bounds[p + 1]
     if bounds[4] == 0:
         return x
+    # Samples already in this order (as the CPU renderer makes them) are jittered in place.
+    presorted = bool((hue_at[1:] >= hue_at[:-1]).all())
     picked = torch.argsort(hue_at, stable=True)[: bounds[4]]
-    y = x.index_select(0, picked)
+    y = x[: bounds[4]] if presorted else x.index_select(0, picked)
     ops, f = order[picked], factors[picked]
     # Weights 0 are exact (gray * 0 == 0), so one blend gives each op's own bits.
     scale = f.gather(1, ops.clamp(max=2))  # (m, 4): factor of the op at each position
@@ -175,7 +189,7 @@ def _jitter_grouped_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, h
             _blend_slices_(y, slices, weights, contrast)
         if hue and lo < hi:
             hue_rotate(y[lo:hi], f[lo:hi, 3], out=y[lo:hi])
-    return x.index_copy_(0, picked, y)
+    return x if presorted else x.index_copy_(0, picked, y)
 
 
 def _jitter_slots_(x: Tensor, order: Tensor, factors: Tensor, apply: Tensor, hue: bool) -> Tensor:

@@ -20,7 +20,14 @@ from torchvision.transforms import InterpolationMode
 
 from protohead import _validation as check
 from protohead.augment import kernels
-from protohead.augment._separable_filters import CropTaps, crop_taps, render_crops
+from protohead.augment._cpu_chunks import (
+    batch_taps,
+    chunk_boxes,
+    jitter_rows,
+    normaliser,
+    write_crops,
+)
+from protohead.augment._separable_filters import render_crops
 from protohead.augment.config import MultiCropConfig
 from protohead.augment.image_batch import as_image_batch, valid_region_float
 from protohead.augment.kernels import crop_resize
@@ -307,22 +314,12 @@ class BatchedMultiCrop(nn.Module):
         ]
         step = self.cpu_chunk_size if device.type == "cpu" else b
         cpu = kernels.compacts(device)
-        if cpu:
-            # The CPU resampler reads each box's window straight from the uint8 images (clamped
-            # to the valid sizes), so a crop's cost does not grow with its source; its taps are
-            # computed once for the batch (a few dozen small ops per call, not per chunk).
+        if cpu:  # the taps once for the batch, reading windows of the uint8 images
             source = batch.expand(-1, 3, -1, -1)
-            taps = {
-                g: self._cpu_taps(source, p, s, sizes)
-                for g, (p, s, _, _) in enumerate(groups)
-                if p.num_crops
-            }
-        # On the CPU crops come back in [0, 1] and are normalised while written to the outputs:
-        # one pass instead of subtract, divide and copy. A full-size scale keeps addcmul on its
-        # vectorised loop (two broadcast operands take the scalar one, 1.5-4x slower); the
-        # bits are the same (one rounding either way).
-        scale, shift = (1.0 / self._std)[0], (-self._mean / self._std)[0]
-        scales = {s: scale.expand(3, s, s).contiguous() for _, s, _, _ in groups if cpu}
+            made = ((g, batch_taps(source, p, s, sizes)) for g, (p, s, _, _) in enumerate(groups))
+            taps = {g: t for g, t in made if t is not None}
+        norms = {s: normaliser(self._mean, self._std, s) for _, s, _, _ in groups if cpu}
+        jitter = self.color_jitter_p > 0.0 and max(self.color_jitter) > 0.0
         for start in range(0, b, step):
             stop = min(b, start + step)
             for g, ((p, s, blur_p, solarize_p), crop_outs) in enumerate(
@@ -330,20 +327,18 @@ class BatchedMultiCrop(nn.Module):
             ):
                 if p.num_crops == 0:
                     continue
-                if cpu:
-                    # Box k * b + i is crop k of image i (crop-major, as CropParams.flat).
-                    ids = [k * b + i for k in range(p.num_crops) for i in range(start, stop)]
-                    x = render_crops(source, taps[g], ids)
-                else:
-                    chunk, valid = batch[start:stop], None if sizes is None else sizes[start:stop]
-                    x = self._resized(valid_region_float(chunk, valid), p.images(start, stop), s)
-                crops = self._crops(x, p.images(start, stop), s, blur_p, solarize_p)
-                crops = crops.view(p.num_crops, stop - start, 3, s, s)
+                chunk = p.images(start, stop)
+                if cpu:  # in the jitter's order, flipped while written (see _cpu_chunks)
+                    rows = jitter_rows(chunk, jitter)
+                    x = render_crops(source, taps[g], chunk_boxes(chunk, b, start, rows))
+                    x = self._crops(x, chunk, s, blur_p, solarize_p, rows)
+                    write_crops(x, crop_outs, start, rows, chunk.flat("flip"), *norms[s])
+                    continue
+                images, valid = batch[start:stop], None if sizes is None else sizes[start:stop]
+                x = self._resized(valid_region_float(images, valid), chunk, s)
+                x = self._crops(x, chunk, s, blur_p, solarize_p)
                 for k, out in enumerate(crop_outs):
-                    if cpu:
-                        torch.addcmul(shift, crops[k], scales[s], out=out[start:stop])
-                    else:
-                        out[start:stop].copy_(crops[k])
+                    out[start:stop].copy_(x.view(p.num_crops, stop - start, 3, s, s)[k])
         return [out for crop_outs in outs for out in crop_outs]
 
     @staticmethod
@@ -351,33 +346,38 @@ class BatchedMultiCrop(nn.Module):
         """``(n * b, 4)`` boxes ``(top, left, height, width)``, crop-major."""
         return torch.stack([p.flat("top"), p.flat("left"), p.flat("height"), p.flat("width")], 1)
 
-    def _cpu_taps(self, source: Tensor, p: CropParams, size: int, sizes: Tensor | None) -> CropTaps:
-        """Resampling taps of every crop of ``p`` from the batch's uint8 ``source``."""
-        image = torch.arange(p.batch_size).repeat(p.num_crops)
-        return crop_taps(source, image, self._boxes(p), (size, size), sizes)
-
     def _resized(self, source: Tensor, p: CropParams, size: int) -> Tensor:
         """Crops of ``p`` from float ``source``: ``(b, 3, h, w) -> (n * b, 3, size, size)``."""
         image = torch.arange(p.batch_size, device=source.device).repeat(p.num_crops)
         return crop_resize(source, image, self._boxes(p), (size, size))
 
     def _crops(
-        self, x: Tensor, p: CropParams, size: int, blur_p: float, solarize_p: float
+        self,
+        x: Tensor,
+        p: CropParams,
+        size: int,
+        blur_p: float,
+        solarize_p: float,
+        rows: Tensor | None = None,
     ) -> Tensor:
-        """The chain on resized crops ``x`` of a chunk: ``(n * b, 3, size, size)``, same shape."""
-        fused = self.fuse and not kernels.compacts(x.device)
+        """The chain on resized crops ``x`` of a chunk: ``(n * b, 3, size, size)``, same shape.
+
+        Row r of ``x`` is flat sample ``rows[r]`` (None: r); on the CPU the caller flips."""
+        cpu = kernels.compacts(x.device)
+        fused = self.fuse and not cpu
         names = ("brightness", "contrast", "saturation", "hue")
         chain = kernels.fused_crop_chain() if fused else kernels.crop_chain
+        flat = p.flat if rows is None else lambda name: p.flat(name)[rows]
         return chain(
             x,
-            p.flat("order"),
-            torch.stack([p.flat(k) for k in names], 1),
-            p.flat("jitter"),
-            p.flat("grayscale"),
-            p.flat("sigma"),
-            p.flat("blur"),
-            p.flat("solarize"),
-            p.flat("flip"),
+            flat("order"),
+            torch.stack([flat(k) for k in names], 1),
+            flat("jitter"),
+            flat("grayscale"),
+            flat("sigma"),
+            flat("blur"),
+            flat("solarize"),
+            flat("flip"),
             self._mean.to(x.device),
             self._std.to(x.device),
             jitter=self.color_jitter_p > 0.0 and max(self.color_jitter) > 0.0,
@@ -385,8 +385,8 @@ class BatchedMultiCrop(nn.Module):
             grayscale=self.grayscale_p > 0.0,
             blur_size=min(self.blur_kernel_size, 2 * size - 1) if blur_p > 0.0 else 0,
             solarize=solarize_p > 0.0,
-            flip=self.flip_p > 0.0,
+            flip=self.flip_p > 0.0 and not cpu,
             fused=fused,
             out_dtype=self.output_dtype if fused else x.dtype,
-            normalize=not kernels.compacts(x.device),
+            normalize=not cpu,
         )

@@ -36,6 +36,20 @@ def test_grouped_and_slot_jitter_agree(seed: int, use_hue: bool) -> None:
     assert torch.equal(grouped[~apply], x[~apply])  # samples without jitter are untouched
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_jitter_in_hue_order_runs_in_place_with_the_same_bits(seed: int) -> None:
+    from protohead.augment._color import hue_positions
+
+    x = torch.rand(12, 3, 6, 7, generator=torch.Generator().manual_seed(seed))
+    order, factors, apply = random_jitter(12, seed)
+    rows = torch.argsort(hue_positions(order, apply), stable=True)
+    shuffled = kernels._jitter_grouped_(x.clone(), order, factors, apply, True)
+    y = x[rows].clone()
+    presorted = kernels._jitter_grouped_(y, order[rows], factors[rows], apply[rows], True)
+    assert presorted.data_ptr() == y.data_ptr()
+    assert torch.equal(presorted, shuffled[rows])
+
+
 def test_blur_strategies_agree() -> None:
     x = torch.rand(5, 3, 20, 17)
     taps = kernels.blur_taps(

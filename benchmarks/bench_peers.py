@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(r.id for r in rows))
         return 0
     versions = {key: _version(key) for key in PEER_PACKAGES}
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 5)
     found = ", ".join(f"{PEER_PACKAGES[k][1]} {v}" for k, v in versions.items() if v)
     print(f"Machine: {machine_line()}")
     print(

@@ -51,6 +51,15 @@ def rows_filter(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
 
 
+def _bags(table: Tensor, index: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    """:func:`rows_filter` with flat bags: ``(r, w), (m * k,), (m,), (m * k,) -> (m, w)``.
+
+    Calls the op directly: ``F.embedding_bag``'s Python checks cost about 5 us per call, and
+    the CPU renderer makes two calls per crop.
+    """
+    return torch.embedding_bag(table, index, offsets, per_sample_weights=weights)[0]
+
+
 def _transposed_filter(x: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     """Filters the last axis of ``(p, h, w)`` with ``(p * w_out, k)`` taps -> ``(p, h, w_out)``.
 
@@ -230,20 +239,10 @@ def render_crops(images: Tensor, taps: CropTaps, boxes: Sequence[int] | None = N
         window.copy_(images[img, :, y0:y1, x0:x1])
         # Rows: (c * s_h) weighted sums of window rows -> (c, s_h, box w); then the columns
         # of the transposed result -> (c, s_w, s_h), transposed while written out.
-        tall = torch.embedding_bag(
-            window.view(c * h, w),
-            taps.rows[i],
-            taps.row_offsets,
-            per_sample_weights=taps.row_weights[i],
-        )[0]
+        tall = _bags(window.view(c * h, w), taps.rows[i], taps.row_offsets, taps.row_weights[i])
         table = table_buf[: c * w * sh].view(c, w, sh)
         table.copy_(tall.view(c, sh, w).transpose(1, 2))
-        wide = torch.embedding_bag(
-            table.view(c * w, sh),
-            taps.cols[i],
-            taps.col_offsets,
-            per_sample_weights=taps.col_weights[i],
-        )[0]
+        wide = _bags(table.view(c * w, sh), taps.cols[i], taps.col_offsets, taps.col_weights[i])
         out[k].copy_(wide.view(c, sw, sh).transpose(1, 2))
     return out
 
